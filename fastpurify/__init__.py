@@ -1,0 +1,29 @@
+"""fastpurify — fast, exact diffusion-based adversarial purification.
+
+    import fastpurify
+    x_pur = fastpurify.purify(x)                         # x: (B, C, H, W) in [0, 1]
+    model = fastpurify.PurifiedClassifier(fastpurify.Purifier(m, "diffpure"), classifier)
+"""
+
+from .api import PurifiedClassifier, Purifier, purify
+from .presets import preset_names
+
+__version__ = "0.1.0"
+
+__all__ = ["purify", "Purifier", "PurifiedClassifier", "available_backends", "preset_names", "__version__"]
+
+
+def available_backends() -> dict:
+    """Which op backends (torch, cpu C++, triton, cuda) can run here, and why not (see `python -m fastpurify.info`)."""
+    from .info import available_backends as _available
+
+    return _available()
+
+
+def __getattr__(name):
+    # `fastpurify.zoo` and `fastpurify.models` load on first use, keeping `import fastpurify` cheap.
+    if name in ("zoo", "models", "attacks"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'fastpurify' has no attribute {name!r}")

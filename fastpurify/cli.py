@@ -1,0 +1,27 @@
+"""The `fastpurify` command: `demo`, `train-digits`, `info`."""
+
+from __future__ import annotations
+
+import sys
+
+COMMANDS = {
+    "demo": ("fastpurify.demo", "attack and purify on the embedded digits models; writes report.json and grid.png"),
+    "train-digits": ("fastpurify.zoo.train_digits", "retrain the embedded digits DDPM and classifier"),
+    "info": ("fastpurify.info", "versions, build and available backends (--json)"),
+}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: fastpurify COMMAND [options]\n\ncommands:")
+        for name, (_, helptext) in COMMANDS.items():
+            print(f"  {name:14s} {helptext}")
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    import importlib
+
+    return importlib.import_module(COMMANDS[argv[0]][0]).main(argv[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,94 @@
+"""`python -m fastpurify.info [--json]`: versions, build, device and which backend can run each op (and why not)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+
+
+def _triton_reason() -> str | None:
+    try:
+        import triton  # noqa: F401
+    except ImportError as e:
+        return f"triton not importable ({e})"
+    import torch
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return None
+    if not torch.cuda.is_available():
+        return "no CUDA device (on the CPU set TRITON_INTERPRET=1 before starting Python to use the interpreter)"
+    return None
+
+
+def _cuda_reason() -> str | None:
+    import torch
+
+    from . import _ext
+
+    if _ext.load_error():
+        return _ext.load_error()
+    if not _ext.has_cuda_kernels():
+        return "fastpurify._C was built without CUDA kernels (needs CUDA torch + nvcc at build time)"
+    if not torch.cuda.is_available():
+        return "no CUDA device visible"
+    return None
+
+
+def available_backends() -> dict[str, dict]:
+    """{backend: {'available': bool, 'reason': str | None, 'ops': [...]}} for torch, cpu (C++), triton, cuda."""
+    from . import _ext, ops  # noqa: F401  (registers the ops)
+    from ._registry import _REGISTRY
+
+    reasons = {"torch": None, "cpu": _ext.load_error(), "triton": _triton_reason(), "cuda": _cuda_reason()}
+    out = {}
+    for name, reason in reasons.items():
+        op_names = sorted(op for op, table in _REGISTRY.items() if name in table)
+        if reason is None and not op_names:
+            reason = "no ops implemented for this backend yet"
+        out[name] = {"available": reason is None, "reason": reason, "ops": op_names}
+    return out
+
+
+def info() -> dict:
+    import torch
+
+    from . import __version__, _ext
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {
+        "fastpurify": __version__, "torch": torch.__version__, "triton": triton_version,
+        "python": platform.python_version(), "torch_cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "extension_build": _ext.build_info() or None, "torch_threads": torch.get_num_threads(),
+        "backends": available_backends(),
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fastpurify.info", description=__doc__)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    args = p.parse_args(argv)
+    d = info()
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    for k, v in d.items():
+        if k != "backends":
+            print(f"{k:16s} {v}")
+    print("backends:")
+    for name, b in d["backends"].items():
+        status = "available" if b["available"] else f"unavailable — {b['reason']}"
+        print(f"  {name:7s} {status}; ops: {', '.join(b['ops']) or '-'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,114 @@
+"""Named purification presets: frozen settings, resolved against overrides (t*, steps) into a `Resolved` config.
+
+t* is given either as an int k ∈ {1..1000} ("k steps of 1000") or a float s* ∈ (0, 1] (k = round(1000·s*)).
+Canonical rule (METHODS.md §2): k steps means noising with ᾱ_{k−1}, then reverse steps from index k−1
+(DDPM/DDIM) or from continuous time s* = k/1000 (VP-SDE).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+SAMPLERS = ("vpsde", "ddpm", "ddim")
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    sampler: str                     # 'vpsde' | 'ddpm' | 'ddim'
+    t_star: int | float              # k steps of 1000, or s*
+    steps: int | None = None         # None: native (vpsde: dt grid; ddpm: all k steps; ddim: required)
+    dt: float = 1e-3                 # VP-SDE Euler–Maruyama step (DiffPure: torchsde default 1e-3)
+    s_end: float = 1e-5              # VP-SDE end time
+    variance: str = "fixedsmall"     # DDPM: 'fixedsmall' | 'fixedlarge'
+    clip_x0: bool = True             # clamp the Tweedie estimate to [−1, 1] (DDPM/DDIM)
+    eta: float = 0.0                 # DDIM η (1 = ancestral on the subsequence)
+    respacing: str = "uniform"       # index rule when steps < k: 'uniform' | 'lee_kim' | 'trailing'
+    clamp_output: bool = True        # clamp the purified image to [0, 1]
+    description: str = ""
+
+
+_PRESETS: dict[str, Preset] = {}
+
+
+def register_preset(p: Preset) -> Preset:
+    if p.sampler not in SAMPLERS:
+        raise ValueError(f"preset {p.name!r}: unknown sampler {p.sampler!r}")
+    _PRESETS[p.name] = p
+    return p
+
+
+def preset_names() -> list[str]:
+    return sorted(_PRESETS)
+
+
+def get_preset(name: str) -> Preset:
+    if not isinstance(name, str) or name not in _PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(preset_names())}")
+    return _PRESETS[name]
+
+
+def t_star_to_k(t_star) -> int:
+    """int k ∈ [1, 1000] or float s* ∈ (0, 1] → k.  Anything else is a ValueError/TypeError naming the value."""
+    if isinstance(t_star, bool) or not isinstance(t_star, (int, float)):
+        raise TypeError(f"t_star must be an int (steps of 1000) or a float in (0, 1], got {t_star!r}")
+    if isinstance(t_star, int):
+        if not 1 <= t_star <= 1000:
+            raise ValueError(f"t_star = {t_star} steps is outside [1, 1000]")
+        return t_star
+    if not 0.0 < t_star <= 1.0:
+        raise ValueError(f"t_star = {t_star} is outside (0, 1]; give a float in (0, 1] or an int number of steps")
+    k = round(1000 * t_star)
+    if k < 1:
+        raise ValueError(f"t_star = {t_star} rounds to 0 steps of 1000; the smallest is 0.001")
+    return k
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A preset with overrides applied and t* in both units; what reports record (CONVENTIONS.md #26)."""
+
+    preset: Preset
+    k: int                 # t* in steps of 1000
+    s_star: float          # t* in continuous time, k / 1000
+    steps: int | None
+    nfe: int               # network evaluations per purification
+
+    def as_dict(self) -> dict:
+        d = asdict(self.preset)
+        d.update(preset=self.preset.name, t_star_steps=self.k, t_star_s=self.s_star, steps=self.steps, nfe=self.nfe)
+        return d
+
+
+def resolve(preset: str | Preset, *, t_star=None, steps: int | None = None) -> Resolved:
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    if t_star is not None:
+        p = replace(p, t_star=t_star)
+    if steps is not None:
+        if isinstance(steps, bool) or not isinstance(steps, int):
+            raise TypeError(f"steps must be an int >= 1, got {steps!r}")
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        p = replace(p, steps=steps)
+    k = t_star_to_k(p.t_star)
+    if p.sampler == "vpsde":
+        from .samplers.schedules import vpsde_grid
+
+        nfe = p.steps if p.steps is not None else len(vpsde_grid(k / 1000, p.dt, p.s_end)) - 1
+    else:
+        if p.sampler == "ddim" and p.steps is None:
+            raise ValueError(f"preset {p.name!r}: the ddim sampler needs steps")
+        if p.steps is not None and p.steps > k:
+            raise ValueError(f"steps = {p.steps} exceeds t* = {k} steps of 1000")
+        nfe = p.steps if p.steps is not None else k
+    return Resolved(preset=p, k=k, s_star=k / 1000, steps=p.steps, nfe=nfe)
+
+
+# ---- presets for the embedded digits model (t* chosen on the validation split; see zoo/weights/digits_card.json)
+register_preset(Preset("diffpure", "vpsde", 0.1, description="DiffPure: VP-SDE Euler–Maruyama, dt 1e-3, t* = 0.1"))
+register_preset(Preset("ddpm", "ddpm", 100, variance="fixedsmall", clip_x0=True,
+                       description="DDPM ancestral, fixedsmall variance, clipped x̂₀, t* = 100 steps"))
+register_preset(Preset("ddpm-fixedlarge", "ddpm", 100, variance="fixedlarge", clip_x0=True,
+                       description="DDPM ancestral, fixedlarge variance (GDMP CIFAR-10 style), t* = 100 steps"))
+register_preset(Preset("ddim", "ddim", 100, steps=10, eta=0.0, clip_x0=True,
+                       description="DDIM η = 0, 10 uniformly respaced steps from t* = 100"))

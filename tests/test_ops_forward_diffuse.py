@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from fastpurify import ops
+from fastpurify.reference.forward_diffusion import forward_diffuse_ref
+from fastpurify.reference.philox import derive_seeds
+from tests.utils import assert_close_verbose, available_backends_for
+
+
+def _inputs(shape, dtype, T=1000):
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, T, dtype=torch.float64), 0)
+    a, s = abar.sqrt().float(), (1 - abar).sqrt().float()
+    x0 = torch.rand(shape, dtype=dtype) * 2 - 1
+    t = torch.randint(0, T, (shape[0],))
+    seeds = derive_seeds(3, torch.arange(shape[0]))
+    return x0, a, s, t, seeds
+
+
+@pytest.mark.parametrize("backend", available_backends_for("forward_diffuse"))
+@pytest.mark.parametrize("shape", [(64, 3, 32, 32), (3, 3, 17, 23), (1, 1, 1, 1)])
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 2e-6), (torch.float64, 2e-6)])
+def test_forward_diffuse_matches_reference(backend, shape, dtype, atol):
+    x0, a, s, t, seeds = _inputs(shape, dtype)
+    got = ops.forward_diffuse(x0, a, s, t, seeds, step=2, purpose=0, round=1, backend=backend)
+    ref = forward_diffuse_ref(x0, a, s, t, seeds, step=2, purpose=0, round=1)
+    assert got.dtype == dtype and got.shape == shape
+    assert_close_verbose(got, ref, atol=atol, rtol=1e-6, what=f"forward_diffuse[{backend}]")
+
+
+@pytest.mark.parametrize("backend", available_backends_for("forward_diffuse"))
+def test_forward_diffuse_backward_matches_reference(backend):
+    x0, a, s, t, seeds = _inputs((3, 3, 17, 23), torch.float32)
+    x0.requires_grad_(True)
+    w = torch.randn(x0.shape)
+    (g,) = torch.autograd.grad((ops.forward_diffuse(x0, a, s, t, seeds, backend=backend) * w).sum(), x0)
+    x1 = x0.detach().requires_grad_(True)
+    (g_ref,) = torch.autograd.grad((forward_diffuse_ref(x1, a, s, t, seeds) * w).sum(), x1)
+    assert_close_verbose(g, g_ref, atol=1e-6, rtol=1e-6, what=f"grad[{backend}]")
+
+
+def test_forward_diffuse_gradcheck_fp64():
+    x0, a, s, t, seeds = _inputs((2, 1, 3, 5), torch.float64)
+    x0.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: ops.forward_diffuse(x, a, s, t, seeds, backend="torch"), (x0,))
+
+
+def test_forward_diffuse_is_batch_invariant():
+    x0, a, s, t, seeds = _inputs((6, 1, 4, 4), torch.float32)
+    full = ops.forward_diffuse(x0, a, s, t, seeds)
+    perm = torch.tensor([4, 1, 5])
+    part = ops.forward_diffuse(x0[perm], a, s, t[perm], seeds[perm])
+    assert torch.equal(full[perm], part)
+
+
+def test_forced_backend_that_cannot_run_lists_every_reason():
+    x0, a, s, t, seeds = _inputs((2, 1, 4, 4), torch.float16)
+    with pytest.raises(RuntimeError) as e:
+        ops.forward_diffuse(x0, a, s, t, seeds, backend="cuda")
+    msg = str(e.value)
+    assert "forced: cuda" in msg and all(f"  {n}:" in msg for n in ("torch", "cpu", "triton", "cuda"))
+
+
+def test_env_var_forces_backend(monkeypatch):
+    x0, a, s, t, seeds = _inputs((2, 1, 4, 4), torch.float32)
+    monkeypatch.setenv("FASTPURIFY_BACKEND", "triton")
+    with pytest.raises(RuntimeError, match="FASTPURIFY_BACKEND"):
+        ops.forward_diffuse(x0, a, s, t, seeds)
+    monkeypatch.setenv("FASTPURIFY_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="unknown backend"):
+        ops.forward_diffuse(x0, a, s, t, seeds)
+
+
+def test_bad_tables_are_rejected():
+    x0, a, s, t, seeds = _inputs((2, 1, 4, 4), torch.float32)
+    with pytest.raises(ValueError):
+        ops.forward_diffuse(x0, a, s, t[:1], seeds)
+    with pytest.raises(TypeError):
+        ops.forward_diffuse(x0, a, s, t.int(), seeds)
+    with pytest.raises(TypeError):
+        ops.forward_diffuse(x0, a.double(), s, t, seeds)
+
+
+@pytest.mark.skipif("cpu" not in available_backends_for("forward_diffuse"), reason="fastpurify._C not built")
+def test_cpp_op_checks_index_range():
+    x0, a, s, t, seeds = _inputs((2, 1, 4, 4), torch.float32)
+    with pytest.raises(RuntimeError, match="outside"):
+        torch.ops.fastpurify.forward_diffuse(x0, a, s, torch.tensor([0, 1000]), seeds, 0, 0, 0)

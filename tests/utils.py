@@ -1,0 +1,46 @@
+"""Shared test helpers: backends generated from the registry, verbose closeness checks, an analytic denoiser."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from fastpurify import ops  # noqa: F401  (registers the ops)
+from fastpurify._registry import backends_for
+from fastpurify.samplers.schedules import get_ddpm_schedule, get_vpsde_schedule
+
+
+def available_backends_for(op: str, device: str = "cpu", dtype=torch.float32) -> list[str]:
+    """Names of the registered backends that can run `op` here (the test matrix comes from the registry)."""
+    return [n for n, b in backends_for(op).items() if b.why_not(torch.device(device), dtype) is None]
+
+
+def assert_close_verbose(actual, expected, atol, rtol, what=""):
+    diff = (actual.double() - expected.double()).abs()
+    ok = bool((diff <= atol + rtol * expected.double().abs()).all())
+    assert ok, f"{what}: max diff {diff.max():.3e}, mean diff {diff.mean():.3e} (atol {atol}, rtol {rtol})"
+
+
+class GaussianEps(nn.Module):
+    """The exact ε-predictor for data u0 ~ N(mu, s0²·I):  E[z | u_t] = b (u − a·mu) / (a² s0² + b²),
+    a = √ᾱ, b = √(1 − ᾱ).  s0 = 0 is a point mass (then x̂₀ = mu exactly).  Drives the samplers like a UNet."""
+
+    def __init__(self, mu: float, s0: float, channels: int = 1, image_size: int = 4):
+        super().__init__()
+        self.mu, self.s0 = mu, s0
+        self.channels, self.image_size, self.time_input = channels, image_size, "index"
+        self.schedule = get_ddpm_schedule()
+        self.sde = get_vpsde_schedule()
+        self.dummy = nn.Parameter(torch.zeros(()), requires_grad=False)  # gives the module a device and dtype
+
+    def _eps(self, u, abar):
+        a, b = math.sqrt(abar), math.sqrt(1 - abar)
+        return b * (u - a * self.mu) / (a * a * self.s0 ** 2 + b * b)
+
+    def eps_at_index(self, u, i):
+        return self._eps(u, self.schedule.abar(i))
+
+    def eps_at_time(self, u, s):
+        return self._eps(u, self.sde.abar(s))
