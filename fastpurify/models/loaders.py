@@ -1,0 +1,418 @@
+"""Safe loading of the public diffusion checkpoints and classifiers (CHECKPOINTS.md §9).
+
+    model = fastpurify.load_diffusion("checkpoint_8.pth")            # → PretrainedDiffusion, ready for the samplers
+    clf = fastpurify.load_classifier("Standard.pt")                   # → eval-mode nn.Module taking x ∈ [0, 1]
+
+Nothing here executes pickled code: `.pt/.pth/.ckpt/.bin` go through `torch.load(weights_only=True)`, `.safetensors`
+through safetensors.  Loads are strict; a mismatch raises `CheckpointError` naming the missing, unexpected and
+wrongly shaped keys.  Formats (`kind`), detected from the content, never from the file name:
+
+  score_sde   {'model', 'ema': {'shadow_params': [...]}, 'optimizer', 'step'}; the EMA list is applied positionally
+              in parameters() order (DiffPure's ema.copy_to), cross-checked against the named 'model' keys.
+  ncsnpp      a named NCSN++ state_dict (all_modules.N.*), e.g. written by `save_pretrained`.
+  adm         guided-diffusion UNetModel state_dict (input_blocks.0.0.weight, ...).
+  ddpm        DDPM `Model` state_dict (temb.dense.0.weight, ...); Lee & Kim's `[state_dict, ...]` list too.
+  diffusers   a directory with config.json + diffusion_pytorch_model.safetensors (or .bin).
+Prefixes `module.` (DataParallel) are stripped.  Architecture hyper-parameters are inferred from the key shapes where
+the file determines them; the rest (image size, ADM head width) default to the public models' and can be overridden
+as keyword arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .adm import ADM_256_UNCOND, ADMUNet
+from .classifiers import DMWideResNet, ImageNetResNet50, WideResNet
+from .ddpm_model import DDPMModel
+from .diffusers_unet import DiffusersUNet2D, legacy_key_map
+from .ncsnpp import NCSNPP_CIFAR10, NCSNpp
+from .pretrained import PretrainedDiffusion, parse_dtype
+
+DIFFUSION_KINDS = ("score_sde", "ncsnpp", "adm", "ddpm", "diffusers")
+CLASSIFIER_KINDS = ("wrn", "dm-wrn", "resnet50")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded as asked: unsafe content, unknown format, or a key/shape mismatch."""
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _torch_load(path: Path):
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:  # legacy (non-zip) files cannot be memory-mapped
+            if "mmap" not in str(e):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: refusing to unpickle non-tensor content ({first}). fastpurify loads with "
+            "torch.load(weights_only=True) and never executes pickled code. If you trust this file, convert it once "
+            "to a plain state_dict: torch.save(torch.load(p, weights_only=False)<...>.state_dict(), 'clean.pt')") from e
+
+
+def read_file(path) -> tuple[object, dict]:
+    """Read a checkpoint safely.  Returns (content, safetensors metadata or {})."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory; only diffusers model directories (config.json) are supported")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return load_file(str(path)), meta
+    return _torch_load(path), {}
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, dict) and len(obj) > 0 and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def strip_prefixes(sd: dict) -> dict:
+    """Drop wrapper prefixes shared by every key: 'module.' (DataParallel), 'model.', and a bare 'N.' (Sequential)."""
+    while sd:
+        keys = list(sd)
+        for pre in ("module.", "model."):
+            if all(k.startswith(pre) for k in keys):
+                sd = {k[len(pre):]: v for k, v in sd.items()}
+                break
+        else:
+            m = re.match(r"(\d+\.)", keys[0])
+            if m and all(k.startswith(m[1]) for k in keys):
+                sd = {k[len(m[1]):]: v for k, v in sd.items()}
+                continue
+            return sd
+    return sd
+
+
+def detect_kind(obj) -> str:
+    """The diffusion format of loaded file content (see the module docstring)."""
+    if isinstance(obj, dict) and isinstance(obj.get("ema"), dict) and "shadow_params" in obj["ema"]:
+        return "score_sde"
+    if isinstance(obj, (list, tuple)) and obj and _is_state_dict(obj[0]):
+        obj = obj[0]
+    if not _is_state_dict(obj):
+        what = f"a dict with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(f"not a diffusion state_dict or score_sde checkpoint: got {what}")
+    sd = strip_prefixes(obj)
+    for kind, key in (("ncsnpp", "all_modules.0.weight"), ("adm", "input_blocks.0.0.weight"),
+                      ("ddpm", "temb.dense.0.weight"), ("diffusers", "time_embedding.linear_1.weight")):
+        if key in sd:
+            return kind
+    raise CheckpointError(f"unrecognised diffusion state_dict; first keys: {list(sd)[:6]}")
+
+
+# ---------------------------------------------------------------------------------------------- verification
+def verify_state_dict(net: nn.Module, sd: dict, what: str) -> None:
+    """Strict key and shape check against `net`, with every problem named (lists truncated at 20)."""
+    want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    missing = [k for k in want if k not in sd]
+    unexpected = [k for k in sd if k not in want]
+    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {want[k]}" for k in want if k in sd
+              and tuple(sd[k].shape) != want[k]]
+    if missing or unexpected or shapes:
+        def fmt(name, xs):
+            return f"\n  {len(xs)} {name}: " + ", ".join(xs[:20]) + (" …" if len(xs) > 20 else "") if xs else ""
+
+        raise CheckpointError(f"{what} does not match the architecture {getattr(net, 'config', '')}:"
+                              + fmt("missing keys", missing) + fmt("unexpected keys", unexpected)
+                              + fmt("shape mismatches", shapes))
+
+
+def _build(cls, cfg: dict, sd: dict, what: str) -> nn.Module:
+    """Build on the meta device (no init cost for 550 M parameters), verify, then load the file's tensors."""
+    try:
+        with torch.device("meta"):
+            net = cls(cfg) if cls is DiffusersUNet2D else cls(**cfg)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{what}: cannot build {cls.__name__} from config {cfg}: {e}") from e
+    verify_state_dict(net, sd, what)
+    net.load_state_dict(sd, strict=True, assign=True)
+    return net.float().requires_grad_(False).eval()  # files may hold fp16 tensors; the torso dtype is an option
+
+
+def _count(sd: dict, pattern: str) -> int:
+    rx = re.compile(pattern)
+    return len({m[1] for k in sd if (m := rx.match(k))})
+
+
+# ---------------------------------------------------------------------------------------------- config inference
+def _ncsnpp_config(sd: dict, image_size: int) -> dict:
+    """nf, ch_mult, num_res_blocks and attention levels from a named NCSN++ state_dict (the 'model' keys)."""
+    n = _count(sd, r"all_modules\.(\d+)\.")
+    nf = sd["all_modules.0.weight"].shape[1]
+
+    def entry(i):  # ('attn', c) or ('res', cin, cout, resample)
+        p = f"all_modules.{i}."
+        if p + "NIN_0.W" in sd:
+            return ("attn",)
+        cin, cout = sd[p + "GroupNorm_0.weight"].shape[0], sd[p + "Conv_0.weight"].shape[0]
+        return ("res", cin, cout, p + "Conv_2.weight" in sd and cin == cout)
+
+    i, mults, attn_levels, nrb = 3, [], [], None
+    while i < n - 2:
+        blocks, has_attn = 0, False
+        while i < n - 2 and entry(i)[0] == "res" and not entry(i)[3] and (nrb is None or blocks < nrb):
+            cout = entry(i)[2]
+            blocks, i = blocks + 1, i + 1
+            if entry(i)[0] == "attn":
+                has_attn, i = True, i + 1
+        nrb = nrb or blocks
+        mults.append(cout // nf)
+        attn_levels.append(has_attn)
+        if not entry(i)[0] == "res" or not entry(i)[3]:
+            break  # no down-resblock: that was the last level; the middle block follows
+        i += 1
+    return dict(image_size=image_size, channels=sd["all_modules.2.weight"].shape[1], nf=nf, ch_mult=tuple(mults),
+                num_res_blocks=nrb, attn_resolutions=tuple(image_size >> lvl for lvl, a in enumerate(attn_levels) if a))
+
+
+def _adm_config(sd: dict, image_size: int | None, num_head_channels: int) -> dict:
+    mc = sd["input_blocks.0.0.weight"].shape[0]
+    n_out = _count(sd, r"output_blocks\.(\d+)\.")
+
+    def is_up(j):  # the last layer of an output block is an up-resblock or an Upsample conv
+        last = max(int(m[1]) for k in sd if (m := re.match(rf"output_blocks\.{j}\.(\d+)\.", k)))
+        p = f"output_blocks.{j}.{last}."
+        return last > 0 and (p + "conv.weight" in sd or p + "in_layers.0.weight" in sd), p + "in_layers.0.weight" in sd
+
+    nrb = next((j for j in range(n_out) if is_up(j)[0]), n_out - 1)
+    levels = n_out // (nrb + 1)
+    mult = tuple(sd[f"input_blocks.{1 + lvl * (nrb + 1)}.0.out_layers.3.weight"].shape[0] // mc for lvl in range(levels))
+    attn_ds = [2 ** lvl for lvl in range(levels) if f"input_blocks.{1 + lvl * (nrb + 1)}.1.qkv.weight" in sd]
+    if image_size is None:  # guided-diffusion create_model's default channel_mult per image size
+        image_size = {(1, 1, 2, 2, 4, 4): 256, (1, 1, 2, 3, 4): 128, (1, 2, 3, 4): 64}.get(mult)
+        if image_size is None:
+            raise CheckpointError(f"ADM channel_mult {mult} does not determine the image size; pass image_size=")
+    emb_out = sd["input_blocks.1.0.emb_layers.1.weight"].shape[0]
+    return dict(image_size=image_size, in_channels=sd["input_blocks.0.0.weight"].shape[1], model_channels=mc,
+                out_channels=sd["out.2.weight"].shape[0], num_res_blocks=nrb,
+                attention_resolutions=tuple(image_size // d for d in attn_ds), channel_mult=mult,
+                num_head_channels=num_head_channels,
+                use_scale_shift_norm=emb_out == 2 * sd["input_blocks.1.0.out_layers.3.weight"].shape[0],
+                resblock_updown=levels > 1 and is_up(nrb)[1])
+
+
+def _ddpm_config(sd: dict, resolution: int | None) -> dict:
+    ch, levels = sd["conv_in.weight"].shape[0], _count(sd, r"down\.(\d+)\.")
+    if resolution is None:  # the public DDPM `Model` configs: CIFAR-10 (4 levels, 32²), CelebA-HQ / LSUN (6, 256²)
+        resolution = {4: 32, 6: 256}.get(levels)
+        if resolution is None:
+            raise CheckpointError(f"a DDPM Model with {levels} levels does not determine the resolution; "
+                                  "pass resolution=")
+    return dict(resolution=resolution, in_channels=sd["conv_in.weight"].shape[1], out_ch=sd["conv_out.weight"].shape[0],
+                ch=ch, ch_mult=tuple(sd[f"down.{lvl}.block.0.conv1.weight"].shape[0] // ch for lvl in range(levels)),
+                num_res_blocks=_count(sd, r"down\.0\.block\.(\d+)\."),
+                attn_resolutions=tuple(resolution >> lvl for lvl in range(levels) if f"down.{lvl}.attn.0.norm.weight" in sd))
+
+
+# ---------------------------------------------------------------------------------------------- diffusion
+def _score_sde(ckpt: dict, overrides: dict, ema: bool, what: str) -> tuple[nn.Module, dict]:
+    model_sd = strip_prefixes(dict(ckpt.get("model") or {}))
+    names_in_file = [k for k in model_sd if k != "sigmas"]  # `sigmas` is a buffer the positional model never uses
+    cfg = _ncsnpp_config(model_sd, overrides.pop("image_size", 32)) if "all_modules.0.weight" in model_sd \
+        else {**NCSNPP_CIFAR10}
+    cfg.update(overrides)
+    with torch.device("meta"):
+        ref = NCSNpp(**cfg)
+    names = [n for n, _ in ref.named_parameters()]
+    if names_in_file:  # the named raw weights must fit the architecture the EMA list is mapped onto
+        verify_state_dict(ref, {k: model_sd[k] for k in names_in_file}, f"{what} ['model']")
+    if not ema:
+        sd = {k: model_sd[k] for k in names}
+        return _build(NCSNpp, cfg, sd, f"{what} ['model']"), {"ema": False}
+    shadow = list(ckpt["ema"]["shadow_params"])
+    if len(shadow) != len(names):
+        raise CheckpointError(f"{what}: the EMA holds {len(shadow)} tensors but NCSN++ {cfg} has {len(names)} "
+                              "parameters; pass the matching config (nf=, ch_mult=, num_res_blocks=, ...)")
+    # Positional EMA → names, in parameters() order (the order ema.copy_to uses); shapes checked by _build.
+    sd = dict(zip(names, shadow))
+    info = {"ema": True, "ema_decay": ckpt["ema"].get("decay"), "ema_num_updates": ckpt["ema"].get("num_updates"),
+            "step": ckpt.get("step"), "model_key_order_matches": names_in_file == names if names_in_file else None}
+    return _build(NCSNpp, cfg, sd, f"{what} ['ema']['shadow_params']"), info
+
+
+def _diffusers_dir(path: Path, overrides: dict) -> tuple[nn.Module, dict]:
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        raise CheckpointError(f"{path} is a directory without config.json (not a diffusers model directory)")
+    cfg = {**json.loads(cfg_file.read_text()), **overrides}
+    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
+        if (path / name).exists():
+            obj, _ = read_file(path / name)
+            break
+    else:
+        raise CheckpointError(f"{path}: no diffusion_pytorch_model.safetensors or .bin next to config.json")
+    return _build(DiffusersUNet2D, cfg, legacy_key_map(strip_prefixes(obj)), str(path / name)), {
+        "diffusers_config": cfg}
+
+
+def _arch(kind: str, sd: dict, saved: dict | None, config: dict, path) -> tuple[type, dict, dict]:
+    """(class, config, state_dict) for a named state_dict; `saved` is the config written by save_pretrained."""
+    if kind == "ncsnpp":
+        return NCSNpp, {**(saved or _ncsnpp_config(sd, config.pop("image_size", 32))), **config}, sd
+    if kind == "adm":
+        cfg = saved or _adm_config(sd, config.pop("image_size", None),
+                                   config.pop("num_head_channels", ADM_256_UNCOND["num_head_channels"]))
+        return ADMUNet, {**cfg, **config}, sd
+    if kind == "ddpm":
+        return DDPMModel, {**(saved or _ddpm_config(sd, config.pop("resolution", None))), **config}, sd
+    if saved is None:
+        raise CheckpointError(f"{path}: a bare diffusers state_dict needs its config.json; "
+                              "pass the model directory (config.json + diffusion_pytorch_model.safetensors)")
+    return DiffusersUNet2D, {**saved, **config}, legacy_key_map(sd)
+
+
+def load_diffusion(path, kind: str | None = None, *, device="cpu", dtype=None, channels_last: bool = False,
+                   attention: str = "sdpa", ema: bool = True, sha256: bool | str = True,
+                   index_at_time: str | None = None, **config) -> PretrainedDiffusion:
+    """Load public diffusion weights into fastpurify's own modules; returns a `PretrainedDiffusion`.
+
+    kind: None (detect) or one of DIFFUSION_KINDS.  dtype: None/'fp32', 'fp16' (ADM: guided-diffusion's fp16 torso),
+    'bf16'.  attention: 'sdpa' | 'math' | 'xformers'.  ema: score_sde files — the EMA weights (default) or the raw
+    'model' ones.  sha256: True records it in `.meta`, a hex string must match, False skips hashing.
+    index_at_time: how an index-trained net is driven at continuous time (default: 'floor' for ADM, as DiffPure;
+    'shifted' otherwise).  **config overrides inferred or default hyper-parameters (image_size=, num_head_channels=).
+    """
+    path = Path(path)
+    if kind is not None and kind not in DIFFUSION_KINDS:
+        raise ValueError(f"kind must be one of {DIFFUSION_KINDS} or None, got {kind!r}")
+    digest = None
+    if sha256:
+        digest = sha256_of(path)
+        if isinstance(sha256, str) and digest != sha256.lower():
+            raise CheckpointError(f"{path}: sha256 {digest} does not match the expected {sha256}")
+    info: dict = {}
+    if path.is_dir():
+        if kind not in (None, "diffusers"):
+            raise CheckpointError(f"{path} is a directory, which only kind='diffusers' can be")
+        net, info = _diffusers_dir(path, config)
+        kind = "diffusers"
+    else:
+        obj, file_meta = read_file(path)
+        found = detect_kind(obj)
+        if kind is not None and kind != found:
+            raise CheckpointError(f"{path} looks like a {found!r} checkpoint, not {kind!r}")
+        kind = found
+        if kind == "score_sde":
+            net, info = _score_sde(obj, dict(config), ema, str(path))
+        else:
+            sd = strip_prefixes(obj[0] if isinstance(obj, (list, tuple)) else obj)
+            saved = json.loads(file_meta["fastpurify.config"]) if "fastpurify.config" in file_meta else None
+            net = _build(*_arch(kind, sd, saved, dict(config), path), str(path))
+    c = net.config
+    size = c.get("image_size") or c.get("resolution") or c.get("sample_size")
+    channels = c.get("channels") or c.get("in_channels")
+    out_ch = c.get("out_channels") or c.get("out_ch") or channels
+    if size is None:
+        raise CheckpointError(f"{path}: the image size is not in the checkpoint; pass image_size=")
+    time_input = "continuous" if kind in ("score_sde", "ncsnpp") else "index"
+    meta = dict(kind=kind, path=str(path), sha256=digest, config=dict(c), time_input=time_input,
+                output="eps" if out_ch == channels else f"eps[:{channels}] + learned variance[{channels}:]",
+                params=sum(p.numel() for p in net.parameters()), tensors=len(net.state_dict()), **info)
+    model = PretrainedDiffusion(net, image_size=int(size), channels=int(channels), time_input=time_input,
+                                index_at_time=index_at_time or ("floor" if kind == "adm" else "shifted"),
+                                name=f"{kind}:{path.name}", meta=meta)
+    model = model.to(device)
+    if parse_dtype(dtype) != torch.float32:
+        model.set_precision(dtype)
+    if channels_last:
+        model.set_channels_last(True)
+    return model.set_attention(attention)
+
+
+# ---------------------------------------------------------------------------------------------- classifiers
+def _unwrap_classifier(obj, path) -> dict:
+    if isinstance(obj, (list, tuple)) and obj:
+        obj = obj[0]
+    for key in ("state_dict", "model_state_dict", "ema", "net", "model"):  # RobustBench, DiffPure, ADBM, GDMP
+        if isinstance(obj, dict) and not _is_state_dict(obj) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not _is_state_dict(obj):
+        raise CheckpointError(f"{path}: no classifier state_dict found (top-level keys "
+                              f"{sorted(map(str, obj))[:8] if isinstance(obj, dict) else type(obj).__name__})")
+    return strip_prefixes(obj)
+
+
+def _bn_counters(cls, cfg) -> list[str]:
+    with torch.device("meta"):
+        return [k for k in cls(**cfg).state_dict() if k.endswith("num_batches_tracked")]
+
+
+def load_classifier(path, kind: str | None = None, *, normalize: str | None = None, device="cpu",
+                    sha256: bool | str = True, **config) -> nn.Module:
+    """Load a classifier state_dict into fastpurify's WRN / DM-WRN / ResNet-50 (eval mode, frozen, x ∈ [0, 1]).
+
+    kind: None (detect) | 'wrn' (RobustBench/DiffPure WideResNet) | 'dm-wrn' (RobustBench DMWideResNet) |
+    'resnet50' (torchvision, ImageNet).  normalize: 'none' | 'cifar10' | 'imagenet'; default: dm-wrn → cifar10;
+    wrn → cifar10 for DiffPure's WRN-70-16(-dropout), none otherwise (RobustBench 'Standard'); resnet50 → imagenet.
+    """
+    path = Path(path)
+    digest = sha256_of(path) if sha256 else None
+    if isinstance(sha256, str) and digest != sha256.lower():
+        raise CheckpointError(f"{path}: sha256 {digest} does not match the expected {sha256}")
+    sd = _unwrap_classifier(read_file(path)[0], path)
+    found = ("dm-wrn" if "init_conv.weight" in sd else "wrn" if "block1.layer.0.conv1.weight" in sd
+             else "resnet50" if "layer4.2.conv3.weight" in sd else None)
+    if found is None:
+        raise CheckpointError(f"{path}: unrecognised classifier state_dict; first keys: {list(sd)[:6]}")
+    if kind is not None and kind != found:
+        raise CheckpointError(f"{path} looks like a {found!r} classifier, not {kind!r}")
+    if found == "resnet50":
+        cls, cfg = ImageNetResNet50, dict(num_classes=sd["fc.weight"].shape[0], normalize=normalize or "imagenet")
+        sd = {f"model.{k}": v for k, v in sd.items()}
+    else:
+        dm = found == "dm-wrn"
+        grp, head = ("layer.0.block", "logits") if dm else ("block1.layer", "fc")
+        depth = 6 * _count(sd, rf"{re.escape(grp)}\.(\d+)\.") + 4
+        width = sd[f"{grp}.0.conv_0.weight" if dm else f"{grp}.0.conv1.weight"].shape[0] // 16
+        default_norm = "cifar10" if dm or (depth, width) == (70, 16) else "none"
+        cls = DMWideResNet if dm else WideResNet
+        cfg = dict(depth=depth, num_classes=sd[f"{head}.weight"].shape[0], normalize=normalize or default_norm,
+                   **({"width": width} if dm else {"widen_factor": width}))
+    cfg.update(config)
+    # Files saved before PyTorch 0.4.1 lack BatchNorm's num_batches_tracked (unused in eval); torch fills it too.
+    sd.update({k: torch.tensor(0) for k in _bn_counters(cls, cfg) if k not in sd})
+    net = _build(cls, cfg, sd, str(path))
+    net._set_norm(cfg["normalize"])  # the normalisation buffers are not in the file (built on meta: recreate)
+    net.meta = dict(kind=found, path=str(path), sha256=digest, config=cfg,
+                    params=sum(p.numel() for p in net.parameters()))
+    return net.to(device)
+
+
+# ---------------------------------------------------------------------------------------------- named format
+def save_pretrained(model: PretrainedDiffusion, path) -> Path:
+    """Write a loaded model as a named, fp32 safetensors state_dict in its original key layout (so a score_sde
+    checkpoint becomes a named `ncsnpp` file that never depends on positional order)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    sd = {k: v.detach().float().contiguous().cpu() for k, v in model.net.state_dict().items()}
+    meta = {"fastpurify.kind": model.meta.get("kind", ""), "fastpurify.config": json.dumps(model.net.config)}
+    save_file(sd, str(path), metadata=meta)
+    return path
