@@ -10,7 +10,8 @@ from .presets import preset_names
 
 __version__ = "0.1.0"
 
-__all__ = ["purify", "Purifier", "PurifiedClassifier", "available_backends", "preset_names", "__version__"]
+__all__ = ["purify", "Purifier", "PurifiedClassifier", "available_backends", "preset_names", "load_diffusion",
+           "load_classifier", "__version__"]
 
 
 def available_backends() -> dict:
@@ -18,6 +19,22 @@ def available_backends() -> dict:
     from .info import available_backends as _available
 
     return _available()
+
+
+def load_diffusion(path, kind=None, **kwargs):
+    """Load public diffusion weights (score_sde NCSN++, guided-diffusion ADM, DDPM `Model`, diffusers UNet2DModel dir)
+    safely into a denoiser for `purify`/`Purifier`.  See `fastpurify.models.loaders.load_diffusion`."""
+    from .models.loaders import load_diffusion as _load
+
+    return _load(path, kind, **kwargs)
+
+
+def load_classifier(path, kind=None, **kwargs):
+    """Load a WRN (RobustBench / DiffPure), DM-WRN or torchvision ResNet-50 state_dict; normalisation inside.
+    See `fastpurify.models.loaders.load_classifier`."""
+    from .models.loaders import load_classifier as _load
+
+    return _load(path, kind, **kwargs)
 
 
 def __getattr__(name):

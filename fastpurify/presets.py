@@ -112,3 +112,16 @@ register_preset(Preset("ddpm-fixedlarge", "ddpm", 100, variance="fixedlarge", cl
                        description="DDPM ancestral, fixedlarge variance (GDMP CIFAR-10 style), t* = 100 steps"))
 register_preset(Preset("ddim", "ddim", 100, steps=10, eta=0.0, clip_x0=True,
                        description="DDIM η = 0, 10 uniformly respaced steps from t* = 100"))
+
+
+# ---- DiffPure presets for the public checkpoints (issue #6; METHODS.md §4; models via fastpurify.load_diffusion) ----
+# VP-SDE Euler–Maruyama with torchsde's dt 1e-3 down to 1e-5; DiffPure hands (u + 1)/2 to the classifier unclamped.
+# ImageNet: the 224 → 256 → 224 bilinear resize is `fastpurify.models.ResizePurifier` around the Purifier.
+# Precision is a load option (load_diffusion(..., dtype='fp16') = DiffPure's use_fp16 ADM torso), not a preset field.
+register_preset(Preset("diffpure-cifar10", "vpsde", 0.1, clamp_output=False,
+                       description="DiffPure CIFAR-10 ℓ∞: NCSN++ checkpoint_8.pth, VP-SDE EM dt 1e-3, t* = 0.1"))
+register_preset(Preset("diffpure-cifar10-l2", "vpsde", 0.075, clamp_output=False,
+                       description="DiffPure CIFAR-10 ℓ2: NCSN++ checkpoint_8.pth, VP-SDE EM dt 1e-3, t* = 0.075"))
+register_preset(Preset("diffpure-imagenet", "vpsde", 0.15, clamp_output=False,
+                       description="DiffPure ImageNet ℓ∞: ADM 256x256_diffusion_uncond.pt (fp16 torso upstream), "
+                                   "VP-SDE EM dt 1e-3, t* = 0.15, 224→256→224 bilinear resize"))

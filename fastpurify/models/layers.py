@@ -99,8 +99,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = 
     if backend == "sdpa":
         return F.scaled_dot_product_attention(q, k, v)
     if backend == "math":
-        # The originals' formula: logits and softmax in fp32 (guided-diffusion's QKVAttentionLegacy), then cast back.
-        w = torch.einsum("bhld,bhmd->bhlm", q.float(), k.float()) * q.shape[-1] ** -0.5
+        # The originals' formula: logits and softmax in (at least) fp32, as guided-diffusion's QKVAttentionLegacy.
+        acc = torch.promote_types(q.dtype, torch.float32)
+        w = torch.einsum("bhld,bhmd->bhlm", q.to(acc), k.to(acc)) * q.shape[-1] ** -0.5
         return torch.einsum("bhlm,bhmd->bhld", w.softmax(dim=-1).to(v.dtype), v)
     if backend == "xformers":
         import xformers.ops as xops  # availability checked by set_attention_backend

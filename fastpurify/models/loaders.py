@@ -338,7 +338,7 @@ def load_diffusion(path, kind: str | None = None, *, device="cpu", dtype=None, c
     model = PretrainedDiffusion(net, image_size=int(size), channels=int(channels), time_input=time_input,
                                 index_at_time=index_at_time or ("floor" if kind == "adm" else "shifted"),
                                 name=f"{kind}:{path.name}", meta=meta)
-    model = model.to(device)
+    model = model.to(device).eval()
     if parse_dtype(dtype) != torch.float32:
         model.set_precision(dtype)
     if channels_last:
