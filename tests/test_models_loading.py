@@ -213,3 +213,21 @@ def test_unrecognised_classifier(tmp_path):
     torch.save({"net": {"conv.weight": torch.zeros(1)}}, tmp_path / "x.t7")
     with pytest.raises(CheckpointError, match="unrecognised classifier state_dict"):
         load_classifier(tmp_path / "x.t7")
+
+
+def test_numpy_metadata_loads_but_other_globals_are_named(tmp_path):
+    """Training scripts leave numpy scalars/arrays next to the weights: plain data, allowed.  Anything else (here an
+    argparse.Namespace) is refused, naming the global."""
+    import argparse
+
+    import numpy as np
+
+    net = tiny_classifier("wrn")
+    torch.save({"state_dict": net.state_dict(), "best_acc": np.float64(0.93), "hist": np.zeros(3), "epoch": 7},
+               tmp_path / "np.pt")
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(load_classifier(tmp_path / "np.pt")(x), net(x))
+    torch.save({"state_dict": net.state_dict(), "args": argparse.Namespace(lr=0.1)}, tmp_path / "ns.pt")
+    with pytest.raises(CheckpointError, match=r"needs the globals \['argparse.Namespace'\]"):
+        load_classifier(tmp_path / "ns.pt")

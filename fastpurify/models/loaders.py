@@ -21,6 +21,7 @@ as keyword arguments.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import pickle
 import re
@@ -55,20 +56,49 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def _torch_load(path: Path):
+# Plain-data numpy globals that training scripts leave in checkpoint metadata (accuracies, arrays).  Allowing them
+# lets the restricted unpickler rebuild numbers and arrays; it still refuses every other global (no code runs).
+_NUMPY_DATA = re.compile(r"numpy\.(_?core\.multiarray\.(scalar|_reconstruct)|ndarray|dtype|dtypes\.\w+DType)$")
+
+
+def _resolve(name: str):
+    module, _, attr = name.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _load(path: Path, **kw):
     try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True, **kw)
+    except RuntimeError as e:  # legacy (non-zip) files cannot be memory-mapped
+        if "mmap" not in str(e):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True, **kw)
+
+
+def _torch_load(path: Path):
+    allowed: list[str] = []
+    for _ in range(8):  # each retry admits more numpy data globals; anything else ends the loop with an error
         try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:  # legacy (non-zip) files cannot be memory-mapped
-            if "mmap" not in str(e):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"{path}: refusing to unpickle non-tensor content ({first}). fastpurify loads with "
-            "torch.load(weights_only=True) and never executes pickled code. If you trust this file, convert it once "
-            "to a plain state_dict: torch.save(torch.load(p, weights_only=False)<...>.state_dict(), 'clean.pt')") from e
+            with torch.serialization.safe_globals([_resolve(g) for g in allowed]):
+                return _load(path)
+        except pickle.UnpicklingError as e:
+            msg = str(e)
+            try:  # the globals the pickle references; classes only met while building objects show up in msg
+                unsafe = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+            except Exception:  # legacy format: cannot be listed without unpickling
+                unsafe = []
+            unsafe += re.findall(r"got <class '([\w.]+)'>", msg)
+            new = [g for g in dict.fromkeys(unsafe) if g not in allowed]
+            if not new or not all(_NUMPY_DATA.match(g) for g in new):
+                bad = [g for g in new if not _NUMPY_DATA.match(g)] or new
+                what = f"it needs the globals {bad}" if bad else msg.strip().splitlines()[0]
+                raise CheckpointError(
+                    f"{path}: refusing to unpickle non-tensor content ({what}). fastpurify loads with "
+                    "torch.load(weights_only=True) and never executes pickled code. If you trust this file, convert "
+                    "it once to a plain state_dict: torch.save(torch.load(p, weights_only=False)<...>.state_dict(), "
+                    "'clean.pt')") from e
+            allowed += new
+    raise CheckpointError(f"{path}: too many numpy globals in the pickle")
 
 
 def read_file(path) -> tuple[object, dict]:
