@@ -1,6 +1,6 @@
 // Input checks for every op entry point: a failing check names the argument and what was expected.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>  // not ATen/ATen.h: every translation unit pays for its headers
 
 #define FP_CHECK_DEVICE(x, dev) TORCH_CHECK((x).device().type() == (dev), #x " must be on ", dev, ", got ", (x).device())
 #define FP_CHECK_CONTIGUOUS(x) TORCH_CHECK((x).is_contiguous(), #x " must be contiguous")

@@ -35,19 +35,24 @@ FP_HD Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, 
   return Philox4{{c0, c1, c2, c3}};
 }
 
-// ξ for one element: Box–Muller on two 24-bit uniforms, float32 arithmetic (matches bits_to_normal).
-FP_HD float philox_normal(uint64_t seed, uint32_t elem, uint32_t step, uint32_t purpose, uint32_t round) {
-  const Philox4 r = philox4x32_10(elem, step, purpose, round, static_cast<uint32_t>(seed),
-                                  static_cast<uint32_t>(seed >> 32));
+// Box–Muller on the two 24-bit uniforms of Philox words (r0, r1), float32 arithmetic (matches bits_to_normal).
+FP_HD float box_muller(uint32_t r0, uint32_t r1) {
   const float inv24 = 1.0f / 16777216.0f;
-  const float u1 = static_cast<float>((r.v[0] >> 8) + 1u) * inv24;
-  const float u2 = static_cast<float>(r.v[1] >> 8) * inv24;
+  const float u1 = static_cast<float>((r0 >> 8) + 1u) * inv24;
+  const float u2 = static_cast<float>(r1 >> 8) * inv24;
   const float two_pi = 6.28318530717958647692f;
 #if defined(__CUDA_ARCH__)
   return sqrtf(-2.0f * logf(u1)) * cosf(two_pi * u2);
 #else
   return std::sqrt(-2.0f * std::log(u1)) * std::cos(two_pi * u2);
 #endif
+}
+
+// ξ for one element of the stream of `seed`: counter (elem, step, purpose, round).
+FP_HD float philox_normal(uint64_t seed, uint32_t elem, uint32_t step, uint32_t purpose, uint32_t round) {
+  const Philox4 r = philox4x32_10(elem, step, purpose, round, static_cast<uint32_t>(seed),
+                                  static_cast<uint32_t>(seed >> 32));
+  return box_muller(r.v[0], r.v[1]);
 }
 
 }  // namespace fastpurify

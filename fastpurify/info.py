@@ -4,36 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-
-
-def _triton_reason() -> str | None:
-    try:
-        import triton  # noqa: F401
-    except ImportError as e:
-        return f"triton not importable ({e})"
-    import torch
-
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return None
-    if not torch.cuda.is_available():
-        return "no CUDA device (on the CPU set TRITON_INTERPRET=1 before starting Python to use the interpreter)"
-    return None
-
-
-def _cuda_reason() -> str | None:
-    import torch
-
-    from . import _ext
-
-    if _ext.load_error():
-        return _ext.load_error()
-    if not _ext.has_cuda_kernels():
-        return "fastpurify._C was built without CUDA kernels (needs CUDA torch + nvcc at build time)"
-    if not torch.cuda.is_available():
-        return "no CUDA device visible"
-    return None
 
 
 def available_backends() -> dict[str, dict]:
@@ -41,7 +12,7 @@ def available_backends() -> dict[str, dict]:
     from . import _ext, ops  # noqa: F401  (registers the ops)
     from ._registry import _REGISTRY
 
-    reasons = {"torch": None, "cpu": _ext.load_error(), "triton": _triton_reason(), "cuda": _cuda_reason()}
+    reasons = {"torch": None, "cpu": _ext.load_error(), "triton": _ext.triton_error(), "cuda": _ext.cuda_error()}
     out = {}
     for name, reason in reasons.items():
         op_names = sorted(op for op, table in _REGISTRY.items() if name in table)

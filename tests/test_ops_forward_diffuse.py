@@ -4,7 +4,8 @@ import torch
 from fastpurify import ops
 from fastpurify.reference.forward_diffusion import forward_diffuse_ref
 from fastpurify.reference.philox import derive_seeds
-from tests.utils import assert_close_verbose, available_backends_for
+from tests import op_checks as C
+from tests.utils import assert_close_verbose, available_backends_for, backend_dtype_pairs
 
 
 def _inputs(shape, dtype, T=1000):
@@ -28,20 +29,21 @@ def test_forward_diffuse_matches_reference(backend, shape, dtype, atol):
 
 
 @pytest.mark.parametrize("backend", available_backends_for("forward_diffuse"))
-def test_forward_diffuse_backward_matches_reference(backend):
-    x0, a, s, t, seeds = _inputs((3, 3, 17, 23), torch.float32)
-    x0.requires_grad_(True)
-    w = torch.randn(x0.shape)
-    (g,) = torch.autograd.grad((ops.forward_diffuse(x0, a, s, t, seeds, backend=backend) * w).sum(), x0)
-    x1 = x0.detach().requires_grad_(True)
-    (g_ref,) = torch.autograd.grad((forward_diffuse_ref(x1, a, s, t, seeds) * w).sum(), x1)
-    assert_close_verbose(g, g_ref, atol=1e-6, rtol=1e-6, what=f"grad[{backend}]")
+@pytest.mark.parametrize("shape", [(64, 3, 32, 32), (3, 3, 17, 23)])
+def test_forward_diffuse_forward_and_backward_match_reference(backend, shape):
+    C.check_diffuse_forward_backward(backend, shape)
 
 
-def test_forward_diffuse_gradcheck_fp64():
+@pytest.mark.parametrize("backend, dtype", backend_dtype_pairs("forward_diffuse", C.LOW))
+def test_forward_diffuse_low_precision(backend, dtype):
+    C.check_diffuse_low_precision(backend, dtype, (3, 3, 17, 23))
+
+
+@pytest.mark.parametrize("backend", available_backends_for("forward_diffuse", dtype=torch.float64))
+def test_forward_diffuse_gradcheck_fp64(backend):
     x0, a, s, t, seeds = _inputs((2, 1, 3, 5), torch.float64)
     x0.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x: ops.forward_diffuse(x, a, s, t, seeds, backend="torch"), (x0,))
+    assert torch.autograd.gradcheck(lambda x: ops.forward_diffuse(x, a, s, t, seeds, backend=backend), (x0,))
 
 
 def test_forward_diffuse_is_batch_invariant():
@@ -85,3 +87,5 @@ def test_cpp_op_checks_index_range():
     x0, a, s, t, seeds = _inputs((2, 1, 4, 4), torch.float32)
     with pytest.raises(RuntimeError, match="outside"):
         torch.ops.fastpurify.forward_diffuse(x0, a, s, torch.tensor([0, 1000]), seeds, 0, 0, 0)
+    with pytest.raises(RuntimeError, match="outside"):
+        torch.ops.fastpurify.forward_diffuse_bwd(x0, a, torch.tensor([-1, 0]))

@@ -17,6 +17,11 @@ def available_backends_for(op: str, device: str = "cpu", dtype=torch.float32) ->
     return [n for n, b in backends_for(op).items() if b.why_not(torch.device(device), dtype) is None]
 
 
+def backend_dtype_pairs(op: str, dtypes, device: str = "cpu") -> list[tuple[str, torch.dtype]]:
+    """(backend, dtype) for every dtype in `dtypes` that each available backend declares."""
+    return [(b, d) for d in dtypes for b in available_backends_for(op, device, d)]
+
+
 def assert_close_verbose(actual, expected, atol, rtol, what=""):
     diff = (actual.double() - expected.double()).abs()
     ok = bool((diff <= atol + rtol * expected.double().abs()).all())
