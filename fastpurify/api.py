@@ -78,13 +78,15 @@ class Purifier(nn.Module):
         # Reverse process.
         if p.sampler == "vpsde":
             dt = p.dt if cfg.steps is None else (cfg.s_star - p.s_end) / cfg.steps
-            u = sample_vpsde(m, u, vpsde_grid(cfg.s_star, dt, p.s_end), noise=noise, sde=get_vpsde_schedule())
+            u = sample_vpsde(m, u, vpsde_grid(cfg.s_star, dt, p.s_end), noise=noise, sde=get_vpsde_schedule(),
+                             backend=self.backend)
         elif p.sampler == "ddpm" and cfg.steps in (None, cfg.k):
-            u = sample_ddpm(m, u, list(range(cfg.k - 1, -1, -1)), noise=noise, variance=p.variance, clip_x0=p.clip_x0)
+            u = sample_ddpm(m, u, list(range(cfg.k - 1, -1, -1)), noise=noise, variance=p.variance, clip_x0=p.clip_x0,
+                            backend=self.backend)
         else:  # ddim, or ddpm respaced (= η 1 on the subsequence)
             eta = 1.0 if p.sampler == "ddpm" else p.eta
             idx = respaced_indices(cfg.k, cfg.steps, p.respacing)
-            u = sample_ddim(m, u, idx, noise=noise, eta=eta, clip_x0=p.clip_x0)
+            u = sample_ddim(m, u, idx, noise=noise, eta=eta, clip_x0=p.clip_x0, backend=self.backend)
         out = (u + 1.0) / 2.0
         if p.clamp_output:
             out = out.clamp(0.0, 1.0)

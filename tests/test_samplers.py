@@ -19,14 +19,6 @@ def _start(abar, mu, s0, shape=SHAPE, seed=1):
     return math.sqrt(abar) * mu + math.sqrt(abar * s0 ** 2 + 1 - abar) * z, NoiseStreams(seeds, shape)
 
 
-class _Noise64:
-    def __init__(self, streams):
-        self.streams = streams
-
-    def __call__(self, step, purpose=1):
-        return self.streams(step, purpose).double()
-
-
 @pytest.mark.parametrize("variance", ["fixedsmall", "fixedlarge"])
 def test_ddpm_point_mass_is_recovered_exactly(variance):
     """Point-mass data: x̂₀ = mu at every step and the last step (i = 0) returns x̂₀, whatever the noise."""
@@ -34,7 +26,7 @@ def test_ddpm_point_mass_is_recovered_exactly(variance):
 
     m = GaussianEps(mu=0.3, s0=0.0)
     u, noise = _start(m.schedule.abar(69), 0.3, 0.0, shape=(8, 1, 3, 3))
-    out = sample_ddpm(m, u, list(range(69, -1, -1)), noise=_Noise64(noise), variance=variance, clip_x0=False)
+    out = sample_ddpm(m, u, list(range(69, -1, -1)), noise=noise, variance=variance, clip_x0=False)
     assert torch.allclose(out, torch.full_like(out, 0.3), atol=1e-10)
 
 
@@ -44,12 +36,12 @@ def test_ddim_point_mass_and_one_step_tweedie(eta):
 
     m = GaussianEps(mu=-0.4, s0=0.0)
     u, noise = _start(m.schedule.abar(99), -0.4, 0.0, shape=(8, 1, 3, 3))
-    out = sample_ddim(m, u, [99, 59, 19], noise=_Noise64(noise), eta=eta)
+    out = sample_ddim(m, u, [99, 59, 19], noise=noise, eta=eta)
     assert torch.allclose(out, torch.full_like(out, -0.4), atol=1e-10)
     # One jump to j = −1 is exactly the Tweedie estimate (u − √(1−ᾱ)ε)/√ᾱ, for any data distribution.
     g = GaussianEps(mu=0.1, s0=0.5)
     abar = g.schedule.abar(49)
-    one = sample_ddim(g, u, [49], noise=_Noise64(noise), eta=eta)
+    one = sample_ddim(g, u, [49], noise=noise, eta=eta)
     tweedie = (u - math.sqrt(1 - abar) * g.eps_at_index(u, 49)) / math.sqrt(abar)
     assert torch.allclose(one, tweedie, atol=1e-12)
 
@@ -62,7 +54,7 @@ def test_ddpm_one_step_matches_posterior_mean_and_variance():
     i, sched = 50, get_ddpm_schedule()
     u = torch.full(SHAPE, 0.5, dtype=torch.float64)
     _, noise = _start(sched.abar(i), 0.2, 0.3)
-    out = sample_ddpm(m, u, [i], noise=_Noise64(noise), clip_x0=False)
+    out = sample_ddpm(m, u, [i], noise=noise, clip_x0=False)
     abar, abar_prev, beta = sched.abar(i), sched.abar(i - 1), float(sched.betas[i])
     x0 = (0.5 - math.sqrt(1 - abar) * float(m.eps_at_index(u[:1], i).flatten()[0])) / math.sqrt(abar)
     mean = beta * math.sqrt(abar_prev) / (1 - abar) * x0 + (1 - abar_prev) * math.sqrt(1 - beta) / (1 - abar) * 0.5
@@ -81,13 +73,13 @@ def test_stochastic_samplers_recover_gaussian_data(sampler):
     if sampler == "vpsde":
         sde = get_vpsde_schedule()
         u, noise = _start(sde.abar(0.3), mu, s0)
-        out = sample_vpsde(m, u, vpsde_grid(0.3, 1e-3, 1e-5), noise=_Noise64(noise), sde=sde)
+        out = sample_vpsde(m, u, vpsde_grid(0.3, 1e-3, 1e-5), noise=noise, sde=sde)
     elif sampler == "ddpm":
         u, noise = _start(m.schedule.abar(299), mu, s0)
-        out = sample_ddpm(m, u, list(range(299, -1, -1)), noise=_Noise64(noise), clip_x0=False)
+        out = sample_ddpm(m, u, list(range(299, -1, -1)), noise=noise, clip_x0=False)
     else:
         u, noise = _start(m.schedule.abar(299), mu, s0)
-        out = sample_ddim(m, u, list(range(299, -1, -1)), noise=_Noise64(noise), eta=1.0)
+        out = sample_ddim(m, u, list(range(299, -1, -1)), noise=noise, eta=1.0)
     n = out.numel()
     assert abs(float(out.mean()) - mu) < 4 * s0 / math.sqrt(n)
     assert abs(float(out.std()) / s0 - 1) < 0.04
@@ -98,8 +90,11 @@ def test_ddim_eta0_is_deterministic_and_contracts_toward_data_mean():
 
     m = GaussianEps(mu=0.0, s0=0.5)
     u, noise = _start(m.schedule.abar(199), 0.0, 0.5)
-    a = sample_ddim(m, u, list(range(199, -1, -20)), noise=_Noise64(noise), eta=0.0)
+    a = sample_ddim(m, u, list(range(199, -1, -20)), noise=noise, eta=0.0)
     b = sample_ddim(m, u, list(range(199, -1, -20)), noise=None, eta=0.0)  # η = 0 never draws noise
-    assert torch.equal(a, b)
+    c = sample_ddim(m, u, list(range(199, -1, -20)), noise=_start(0.5, 0.0, 0.5, seed=7)[1], eta=0.0)
+    assert torch.equal(a, b) and torch.equal(a, c)
+    with pytest.raises(ValueError, match="draws noise"):
+        sample_ddim(m, u, [199, 99], noise=None, eta=0.5)
     # For Gaussian data the η = 0 map is linear, u ↦ c·u; with many steps it approaches N(0, s0²).
     assert abs(float(a.std()) / 0.5 - 1) < 0.05

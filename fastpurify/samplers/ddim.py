@@ -6,22 +6,33 @@ import math
 
 import torch
 
+from .. import ops
+from ._step import seeds_of, step_counter
+from .schedules import DDPMSchedule
 
-def sample_ddim(model, u: torch.Tensor, indices: list[int], *, noise, eta: float = 0.0,
-                clip_x0: bool = False) -> torch.Tensor:
-    """Steps i → j over consecutive entries of `indices` (descending), the last jump going to j = −1 (ᾱ = 1)."""
-    sched = model.schedule
+
+def ddim_coefficients(sched: DDPMSchedule, indices: list[int], eta: float) -> torch.Tensor:
+    """(n, 7) float64 rows [q0, q1, p0, p1, p2, σ, s_g] of ops.sampler_step for the jumps i → j over consecutive
+    entries of `indices`, the last one to j = −1 (ᾱ = 1):  u ← √ᾱ_j·x̂₀ + c1·z + c2·ε."""
+    rows = []
     for pos, i in enumerate(indices):
         j = indices[pos + 1] if pos + 1 < len(indices) else -1
         abar_i, abar_j = sched.abar(i), sched.abar(j)
-        eps = model.eps_at_index(u, i)
-        x0 = (u - math.sqrt(1.0 - abar_i) * eps) / math.sqrt(abar_i)
-        if clip_x0:
-            x0 = x0.clamp(-1.0, 1.0)
         # c1: stochastic part (η·σ of DDIM), c2: the direction pointing to u_j.
         c1 = eta * math.sqrt(max((1.0 - abar_i / abar_j) * (1.0 - abar_j) / (1.0 - abar_i), 0.0))
         c2 = math.sqrt(max(1.0 - abar_j - c1 * c1, 0.0))
-        u = math.sqrt(abar_j) * x0 + c2 * eps
-        if c1 > 0.0:
-            u = u + c1 * noise(i)
+        rows.append([1.0 / math.sqrt(abar_i), math.sqrt(1.0 - abar_i) / math.sqrt(abar_i), math.sqrt(abar_j), 0.0,
+                     c2, c1, 0.0])
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def sample_ddim(model, u: torch.Tensor, indices: list[int], *, noise, eta: float = 0.0, clip_x0: bool = False,
+                backend: str | None = None) -> torch.Tensor:
+    """Steps i → j over consecutive entries of `indices` (descending).  noise: NoiseStreams (None allowed at η = 0)."""
+    coef = ddim_coefficients(model.schedule, indices, eta).to(u.device, ops.acc_dtype(u.dtype))
+    steps = step_counter(len(indices), u.device)
+    seeds, round = seeds_of(noise, u, needs_noise=eta > 0.0)
+    for k, i in enumerate(indices):
+        eps = model.eps_at_index(u, i)
+        u = ops.sampler_step(u, eps, coef, steps[k], seeds, clip=clip_x0, round=round, backend=backend)
     return u

@@ -3,18 +3,38 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
+from .. import ops
+from ._step import guidance_terms, seeds_of, step_counter
 from .schedules import VPSDE
 
 
-def sample_vpsde(model, u: torch.Tensor, grid: list[float], *, noise, sde: VPSDE) -> torch.Tensor:
-    """u ← u + h·[½β(s)u − β(s)·ε/σ(s)] + √(β(s)h)·z over the descending grid (vpsde_grid); step j uses noise(j)."""
+def vpsde_coefficients(grid: list[float], sde: VPSDE) -> torch.Tensor:
+    """(n, 7) float64 rows [q0, q1, p0, p1, p2, σ, s_g] of ops.sampler_step for the grid's steps (h = s_j − s_{j+1}):
+    u ← u + h·[½β(s)u − β(s)·ε/σ(s) + β(s)·g] + √(β(s)h)·z  =  (1 + ½βh)·u − (hβ/σ)·ε + √(βh)·z + hβ·g."""
+    rows = []
     for j in range(len(grid) - 1):
         s, h = grid[j], grid[j] - grid[j + 1]
         beta, sigma = sde.beta(s), sde.sigma(s)
-        eps = model.eps_at_time(u, s)
-        # Reverse drift with score −ε/σ; the diffusion term is fresh noise every step (also on the last one).
-        u = u + h * (0.5 * beta * u - beta / sigma * eps) + math.sqrt(beta * h) * noise(j)
+        rows.append([0.0, 0.0, 0.0, 1.0 + 0.5 * beta * h, -h * beta / sigma, math.sqrt(beta * h), h * beta])
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def sample_vpsde(model, u: torch.Tensor, grid: list[float], *, noise, sde: VPSDE, guidance: Callable | None = None,
+                 backend: str | None = None) -> torch.Tensor:
+    """Euler–Maruyama over the descending grid (vpsde_grid); step j draws ξ(seed, j) inside the fused op.
+
+    guidance(u, eps, s) → g (scale inside), added to the score −ε/σ (METHODS.md §3.1, guided variant); or (g, gw).
+    """
+    coef = vpsde_coefficients(grid, sde).to(u.device, ops.acc_dtype(u.dtype))
+    steps = step_counter(len(grid) - 1, u.device)
+    seeds, round = seeds_of(noise, u, needs_noise=True)
+    for j in range(len(grid) - 1):
+        eps = model.eps_at_time(u, grid[j])
+        g, gw = guidance_terms(guidance, u, eps, grid[j])
+        # Reverse drift with score −ε/σ; fresh noise every step (also on the last one).
+        u = ops.sampler_step(u, eps, coef, steps[j], seeds, g, gw, clip=False, round=round, backend=backend)
     return u
