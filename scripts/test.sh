@@ -6,3 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 python -m pytest "$@"
+# Second lane: the Triton kernels in Triton's interpreter on the CPU (the variable must be set before Python starts).
+TRITON_INTERPRET=1 python -m pytest -m interpret tests/test_triton_interpret.py
