@@ -45,4 +45,5 @@ def philox_normal(seed, elem, step, purpose, round):
         k1 = k1 + 0xBB67AE85
     u1 = ((c0 >> 8) + 1).to(tl.float32) * (1.0 / 16777216.0)
     u2 = (c1 >> 8).to(tl.float32) * (1.0 / 16777216.0)
-    return tl.sqrt(-2.0 * tl.log(u1)) * tl.cos(6.283185307179586 * u2)
+    # tl.log/tl.cos lower to libdevice's precise __nv_logf/__nv_cosf; tl.sqrt would be the approximate sqrt.
+    return tl.sqrt_rn(-2.0 * tl.log(u1)) * tl.cos(6.283185307179586 * u2)
