@@ -7,6 +7,7 @@ inits those layers output zeros and a test comparing two forwards could not fail
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 import torch
@@ -35,10 +36,14 @@ TINY_DIFFUSERS = {"_class_name": "UNet2DModel", "_diffusers_version": "0.42.1", 
 
 def randomize_(net: nn.Module, seed: int = 0) -> nn.Module:
     """Deterministic, non-trivial weights: fan-in-scaled normals for weights, small normals for 1-D tensors."""
-    g = torch.Generator().manual_seed(seed)
+    # Each tensor's values depend only on (seed, its name, its shape): refactors that keep the keys keep the weights.
+    def gen(name):
+        return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+
     with torch.no_grad():
-        for mod in net.modules():
+        for mname, mod in net.named_modules():
             for name, p in mod.named_parameters(recurse=False):
+                g = gen(f"{mname}.{name}")
                 if isinstance(mod, (nn.GroupNorm, nn.BatchNorm2d)) and name == "weight":
                     p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
                 elif p.dim() > 1:
@@ -48,9 +53,9 @@ def randomize_(net: nn.Module, seed: int = 0) -> nn.Module:
                     p.copy_(0.1 * torch.randn(p.shape, generator=g))
         for name, b in net.named_buffers():
             if name.endswith("running_mean"):
-                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
+                b.copy_(torch.randn(b.shape, generator=gen(name)) * 0.1)
             elif name.endswith("running_var"):
-                b.copy_(torch.rand(b.shape, generator=g) + 0.5)
+                b.copy_(torch.rand(b.shape, generator=gen(name)) + 0.5)
     return net.eval().requires_grad_(False)
 
 

@@ -155,13 +155,15 @@ class DiffusersUNet2D(nn.Module):
         boc, groups, eps = c["block_out_channels"], c["norm_num_groups"], c["norm_eps"]
         hd = c["attention_head_dim"]
         temb = 4 * boc[0]
-        self.conv_in = Conv2d(c["in_channels"], boc[0], 3, padding=1)
+        # The fp32 time MLP is registered first: callers read the working dtype off the first parameter.
         self.time_embedding = nn.Module()
         self.time_embedding.linear_1, self.time_embedding.linear_2 = Linear(boc[0], temb), Linear(temb, temb)
+        self.conv_in = Conv2d(c["in_channels"], boc[0], 3, padding=1)
         self.down_blocks, cout = nn.ModuleList(), boc[0]
         for i, kind in enumerate(c["down_block_types"]):
             cin, cout = cout, boc[i]
-            res = [ResnetBlock2D(cin if j == 0 else cout, cout, temb, groups, eps) for j in range(c["layers_per_block"])]
+            res = [ResnetBlock2D(cin if j == 0 else cout, cout, temb, groups, eps)
+                   for j in range(c["layers_per_block"])]
             att = [Attention(cout, hd or cout, groups, eps) for _ in res] if kind.startswith("Attn") else []
             last = i == len(boc) - 1
             self.down_blocks.append(_Block(res, att, None if last else _Resample(cout, True, c["downsample_padding"])))

@@ -106,6 +106,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = 
     if backend == "xformers":
         import xformers.ops as xops  # availability checked by set_attention_backend
 
+        if q.device.type != "cuda":
+            raise RuntimeError(f"the xformers attention backend needs CUDA tensors, got {q.device}; use 'sdpa'")
+
         # xformers takes (B, L, heads, d).
         out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return out.transpose(1, 2)

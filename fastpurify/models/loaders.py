@@ -197,7 +197,7 @@ def _ncsnpp_config(sd: dict, image_size: int) -> dict:
     n = _count(sd, r"all_modules\.(\d+)\.")
     nf = sd["all_modules.0.weight"].shape[1]
 
-    def entry(i):  # ('attn', c) or ('res', cin, cout, resample)
+    def entry(i):  # ('attn',) or ('res', cin, cout, is_resampling_block)
         p = f"all_modules.{i}."
         if p + "NIN_0.W" in sd:
             return ("attn",)
@@ -233,8 +233,9 @@ def _adm_config(sd: dict, image_size: int | None, num_head_channels: int) -> dic
 
     nrb = next((j for j in range(n_out) if is_up(j)[0]), n_out - 1)
     levels = n_out // (nrb + 1)
-    mult = tuple(sd[f"input_blocks.{1 + lvl * (nrb + 1)}.0.out_layers.3.weight"].shape[0] // mc for lvl in range(levels))
-    attn_ds = [2 ** lvl for lvl in range(levels) if f"input_blocks.{1 + lvl * (nrb + 1)}.1.qkv.weight" in sd]
+    first = [1 + lvl * (nrb + 1) for lvl in range(levels)]  # input_blocks index of each level's first resblock
+    mult = tuple(sd[f"input_blocks.{i}.0.out_layers.3.weight"].shape[0] // mc for i in first)
+    attn_ds = [2 ** lvl for lvl, i in enumerate(first) if f"input_blocks.{i}.1.qkv.weight" in sd]
     if image_size is None:  # guided-diffusion create_model's default channel_mult per image size
         image_size = {(1, 1, 2, 2, 4, 4): 256, (1, 1, 2, 3, 4): 128, (1, 2, 3, 4): 64}.get(mult)
         if image_size is None:
@@ -258,15 +259,16 @@ def _ddpm_config(sd: dict, resolution: int | None) -> dict:
     return dict(resolution=resolution, in_channels=sd["conv_in.weight"].shape[1], out_ch=sd["conv_out.weight"].shape[0],
                 ch=ch, ch_mult=tuple(sd[f"down.{lvl}.block.0.conv1.weight"].shape[0] // ch for lvl in range(levels)),
                 num_res_blocks=_count(sd, r"down\.0\.block\.(\d+)\."),
-                attn_resolutions=tuple(resolution >> lvl for lvl in range(levels) if f"down.{lvl}.attn.0.norm.weight" in sd))
+                attn_resolutions=tuple(resolution >> lvl for lvl in range(levels)
+                                       if f"down.{lvl}.attn.0.norm.weight" in sd))
 
 
 # ---------------------------------------------------------------------------------------------- diffusion
 def _score_sde(ckpt: dict, overrides: dict, ema: bool, what: str) -> tuple[nn.Module, dict]:
     model_sd = strip_prefixes(dict(ckpt.get("model") or {}))
     names_in_file = [k for k in model_sd if k != "sigmas"]  # `sigmas` is a buffer the positional model never uses
-    cfg = _ncsnpp_config(model_sd, overrides.pop("image_size", 32)) if "all_modules.0.weight" in model_sd \
-        else {**NCSNPP_CIFAR10}
+    cfg = _infer(_ncsnpp_config, model_sd, overrides.pop("image_size", 32), what=f"{what} ['model']") \
+        if "all_modules.0.weight" in model_sd else {**NCSNPP_CIFAR10}
     cfg.update(overrides)
     with torch.device("meta"):
         ref = NCSNpp(**cfg)
@@ -302,16 +304,28 @@ def _diffusers_dir(path: Path, overrides: dict) -> tuple[nn.Module, dict]:
         "diffusers_config": cfg}
 
 
+def _infer(fn, *args, what: str):
+    """Config inference reads specific keys; a file without them is not the architecture it claims to be."""
+    try:
+        return fn(*args)
+    except (KeyError, IndexError, ValueError, ZeroDivisionError, UnboundLocalError) as e:
+        raise CheckpointError(f"{what}: cannot infer the architecture from the keys ({type(e).__name__}: {e}); "
+                              "the file is incomplete or another configuration; pass the config as keywords") from e
+
+
 def _arch(kind: str, sd: dict, saved: dict | None, config: dict, path) -> tuple[type, dict, dict]:
     """(class, config, state_dict) for a named state_dict; `saved` is the config written by save_pretrained."""
+    what = str(path)
     if kind == "ncsnpp":
-        return NCSNpp, {**(saved or _ncsnpp_config(sd, config.pop("image_size", 32))), **config}, sd
+        cfg = saved or _infer(_ncsnpp_config, sd, config.pop("image_size", 32), what=what)
+        return NCSNpp, {**cfg, **config}, sd
     if kind == "adm":
-        cfg = saved or _adm_config(sd, config.pop("image_size", None),
-                                   config.pop("num_head_channels", ADM_256_UNCOND["num_head_channels"]))
+        cfg = saved or _infer(_adm_config, sd, config.pop("image_size", None),
+                              config.pop("num_head_channels", ADM_256_UNCOND["num_head_channels"]), what=what)
         return ADMUNet, {**cfg, **config}, sd
     if kind == "ddpm":
-        return DDPMModel, {**(saved or _ddpm_config(sd, config.pop("resolution", None))), **config}, sd
+        cfg = saved or _infer(_ddpm_config, sd, config.pop("resolution", None), what=what)
+        return DDPMModel, {**cfg, **config}, sd
     if saved is None:
         raise CheckpointError(f"{path}: a bare diffusers state_dict needs its config.json; "
                               "pass the model directory (config.json + diffusion_pytorch_model.safetensors)")
