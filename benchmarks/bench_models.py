@@ -1,6 +1,6 @@
 """One purification step per public architecture, forward and gradient (pytest-benchmark; not in the default run).
 
-    pytest benchmarks/bench_models.py -o python_files='bench_*.py' --benchmark-enable \
+    pytest benchmarks/bench_models.py --benchmark-enable \
         --benchmark-json benchmarks/results/cpu/bench_models.json
 
 A step = `Purifier(model, preset, steps=1)`: forward diffusion to t*, one UNet call, one fused sampler step.

@@ -7,7 +7,7 @@ import torch
 import fastpurify
 from fastpurify.models import CheckpointError, PretrainedDiffusion, load_classifier, load_diffusion, save_pretrained
 from fastpurify.models.loaders import detect_kind, read_file
-from tests.model_helpers import (TINY_ADM, TINY_DDPM, TINY_DIFFUSERS, TINY_NCSNPP, randomize_, save_diffusers_dir,
+from tests.model_helpers import (TINY_ADM, TINY_DDPM, TINY_DIFFUSERS, TINY_NCSNPP, save_diffusers_dir,
                                  save_score_sde, save_state_dict, tiny, tiny_classifier)
 
 SIZES = {"ncsnpp": 8, "adm": 16, "ddpm": 8, "diffusers": 8}
