@@ -108,7 +108,7 @@ class PurifiedClassifier(nn.Module):
 
 
 def _default_model_for(x):
-    from .zoo.digits import CHANNELS, IMAGE_SIZE, digits
+    from .zoo.embedded import CHANNELS, IMAGE_SIZE, digits
 
     if isinstance(x, torch.Tensor) and x.dim() == 4 and tuple(x.shape[1:]) == (CHANNELS, IMAGE_SIZE, IMAGE_SIZE):
         return digits()

@@ -1,5 +1,5 @@
 """Embedded default models: `fastpurify.zoo.digits()`."""
 
-from .digits import DigitsModels, digits
+from .embedded import DigitsModels, digits
 
 __all__ = ["digits", "DigitsModels"]

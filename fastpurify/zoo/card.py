@@ -13,7 +13,7 @@ from ..samplers import NoiseStreams, sample_ddpm
 
 def add_sample_grid(weights_dir: Path, seed: int = 0, n: int = 64) -> dict:
     """Sample n digits with the saved DDPM (fixedsmall, clipped x̂₀), write digits_samples.png; return card fields."""
-    from . import digits as D
+    from . import embedded as D
 
     D._cached_models.cache_clear()
     models = D._cached_models() if weights_dir == D.WEIGHTS_DIR else _load_from(weights_dir)
@@ -33,7 +33,7 @@ def add_sample_grid(weights_dir: Path, seed: int = 0, n: int = 64) -> dict:
 
 
 def _load_from(weights_dir: Path):
-    from . import digits as D
+    from . import embedded as D
 
     unet = D._load_module(D.build_unet(), weights_dir / "digits_ddpm.safetensors")
     clf = D._load_module(D.build_classifier(), weights_dir / "digits_classifier.safetensors")

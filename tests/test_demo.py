@@ -1,0 +1,41 @@
+import json
+
+import torch
+
+from fastpurify.demo import format_table, run_demo, wilson_ci
+
+
+def test_demo_writes_report_and_grid(tmp_path):
+    """A tiny run of the demo pipeline (the full demo is `fastpurify demo`); numbers are real, only smaller."""
+    report = run_demo(tmp_path, n=6, eps=0.1, steps=2, eot=1, n_eval=2, preset="ddim")
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["results"] == json.loads(json.dumps(report["results"]))
+    methods = [r["method"] for r in saved["results"]]
+    assert methods == ["none", "ddim"]
+    for r in saved["results"]:
+        assert 0 <= r["clean_acc"] <= 1 and 0 <= r["robust_acc"] <= 1
+    pur = saved["results"][1]
+    assert pur["grad_mode"] == "autograd" and pur["robust"]["worst"] <= pur["robust"]["mean"]
+    assert len(pur["per_sample"]["adv_preds"]) == 6 and len(pur["per_sample"]["adv_preds"][0]) == 2
+    assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "ddim" in format_table(saved)
+
+
+def test_pgd_breaks_the_undefended_classifier():
+    """Sanity check of the harness: at the demo ε the undefended classifier falls to ~0 %."""
+    from fastpurify.attacks import PGDConfig, pgd_eot
+    from fastpurify.zoo import digits
+
+    m = digits()
+    x, y = m.test_data()
+    x, y = x[:64], y[:64]
+    x_adv = pgd_eot(lambda xb, s: m.classifier(xb), x, y, torch.arange(64), PGDConfig(0.1, 10, 0.025))
+    assert float((x_adv - x).abs().max()) <= 0.1 + 1e-6 and float(x_adv.min()) >= 0
+    with torch.no_grad():
+        assert float((m.classifier(x_adv).argmax(1) == y).float().mean()) <= 0.05
+
+
+def test_wilson_interval():
+    lo, hi = wilson_ci(0.5, 100)
+    assert 0.40 < lo < 0.41 and 0.59 < hi < 0.60
+    assert wilson_ci(1.0, 10)[1] == 1.0
