@@ -88,7 +88,8 @@ def _case(case: str, provider: str, d: dict):
         fn = f("sampler_step")["fwd"] if f else sampler_step_ref
         g, gw = (d["g"], d["gw"]) if case.endswith("guided") else (None, None)
         moved = (3 + (K if g is not None else 0)) * n * es
-        return (lambda: fn(d["x"], d["eps"], g, gw, d["coef"], d["k"], d["seeds"], True, STEP, 0)), moved, "sampler_step"
+        return (lambda: fn(d["x"], d["eps"], g, gw, d["coef"], d["k"], d["seeds"], True, STEP, 0)), moved, \
+            "sampler_step"
     if case == "sampler_step_bwd":
         fn = f("sampler_step")["bwd"] if f else sampler_step_bwd_ref
         return (lambda: fn(d["go"], d["x"], d["eps"], d["gw"], d["coef"], d["k"], True, True)), (5 + K) * n * es, \

@@ -180,8 +180,9 @@ def main(argv=None) -> int:
         print(f"  copy   {copy:.0f} GB/s")
     for r in report.get("benchmarks", []):
         if r["provider"] != "torch":
-            print(f"  {r['op']:20s} {r['provider']:7s} {'x'.join(map(str, r['shape'])):14s} {r['dtype']:9s} "
-                  f"{r['gb_per_s']:8.1f} GB/s  {r['pct_of_copy'] or 0:5.1f}% of copy  {r['ratio_vs_torch']:7.1f}x torch")
+            shape = "x".join(map(str, r["shape"]))
+            print(f"  {r['op']:20s} {r['provider']:7s} {shape:14s} {r['dtype']:9s} {r['gb_per_s']:8.1f} GB/s  "
+                  f"{r['pct_of_copy'] or 0:5.1f}% of copy  {r['ratio_vs_torch']:7.1f}x torch")
     print(f"gpu_check: {'ok' if ok else 'FAILED'} in {report['total_seconds']} s; report {out / 'gpu_check.json'}")
     return 0 if ok else 1
 

@@ -13,8 +13,12 @@ from . import _ext
 from ._registry import Backend, register
 from .reference.forward_diffusion import forward_diffuse_bwd_ref, forward_diffuse_ref
 from .reference.philox import normal_ref
-from .reference.sampler_step import (guidance_accumulate_bwd_ref, guidance_accumulate_ref, sampler_step_bwd_ref,
-                                     sampler_step_ref)
+from .reference.sampler_step import (
+    guidance_accumulate_bwd_ref,
+    guidance_accumulate_ref,
+    sampler_step_bwd_ref,
+    sampler_step_ref,
+)
 
 F32, F64, F16, BF16 = torch.float32, torch.float64, torch.float16, torch.bfloat16
 OPS = ("forward_diffuse", "sampler_step", "guidance_accumulate")

@@ -1,10 +1,11 @@
 """Fused ops: one public function each; it picks a backend (_registry.py, _backends.py) and runs one autograd.Function.
 
-forward_diffuse(x0, a, s, t, seeds)      x_t = a[t]·x0 + s[t]·ξ(seeds, step, purpose, round)   reference/forward_diffusion.py
-sampler_step(x, eps, coef, k, seeds, g)  one reverse step of any sampler family, noise and guidance fused   reference/sampler_step.py
-guidance_accumulate(g, gw)               G[b] = Σ_j gw[j, b]·g[j, b]                                  reference/sampler_step.py
+forward_diffuse(x0, a, s, t, seeds)      x_t = a[t]·x0 + s[t]·ξ(seeds, step, purpose, round)
+sampler_step(x, eps, coef, k, seeds, g)  one reverse step of any sampler family, noise and guidance fused
+guidance_accumulate(g, gw)               G[b] = Σ_j gw[j, b]·g[j, b]
 guidance_weights(g, w, max_norm)         gw[j, b] = w[j]·min(1, max_norm/‖g[j, b]‖)  (a reduction; plain torch)
-normal(seeds, shape)                     ξ for each sample's own Philox stream                          reference/philox.py
+normal(seeds, shape)                     ξ for each sample's own Philox stream
+Specs: reference/forward_diffusion.py, reference/sampler_step.py, reference/philox.py.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from .reference.sampler_step import N_COEF, guidance_weights_ref
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype kernels compute in, and of coefficient tables and guidance weights: float64 for float64, else float32."""
+    """The dtype kernels compute in, and that of coefficient tables and guidance weights: float64 for float64 inputs,
+    else float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -99,7 +101,7 @@ def _check_step(x, eps, coef, k, seeds):
         raise ValueError(f"eps must match x {tuple(x.shape)} {x.dtype} {x.device}, "
                          f"got {tuple(eps.shape)} {eps.dtype} {eps.device}")
     if coef.dim() != 2 or coef.shape[1] != N_COEF or coef.dtype != acc_dtype(x.dtype) or coef.device != x.device:
-        raise TypeError(f"coef must be a ({'S'}, {N_COEF}) {acc_dtype(x.dtype)} table on {x.device}, "
+        raise TypeError(f"coef must be an (S, {N_COEF}) {acc_dtype(x.dtype)} table on {x.device}, "
                         f"got {tuple(coef.shape)} {coef.dtype} {coef.device}")
     if coef.requires_grad:
         raise ValueError("coef must not require grad: sampler_step is not differentiable in its coefficient table")

@@ -57,7 +57,10 @@ def step_inputs(shape, K: int, family: str, where: str, dtype=torch.float32, dev
     g = torch.randn((K,) + tuple(shape), generator=gen, dtype=torch.float64) if K else None
     gw = 0.5 + torch.rand((K, shape[0]), generator=gen, dtype=torch.float64) if K else None
     acc = ops.acc_dtype(dtype)
-    cast = (lambda v: None if v is None else v.to(device, dtype))
+
+    def cast(v):
+        return None if v is None else v.to(device, dtype)
+
     coef = coef_table(family).to(device, acc)
     k = torch.tensor(row_of(family, where), device=device)
     seeds = (derive_seeds(11, torch.arange(shape[0])) - (1 << 62)).to(device)

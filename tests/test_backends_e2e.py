@@ -3,7 +3,9 @@
 import pytest
 
 from tests import op_checks as C
-from tests.utils import available_backends_for
+from tests.utils import available_backends_for, one_torch_thread  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 BACKENDS = [b for b in available_backends_for("sampler_step") if b != "torch"]
 

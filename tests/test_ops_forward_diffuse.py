@@ -5,7 +5,10 @@ from fastpurify import ops
 from fastpurify.reference.forward_diffusion import forward_diffuse_ref
 from fastpurify.reference.philox import derive_seeds
 from tests import op_checks as C
-from tests.utils import assert_close_verbose, available_backends_for, backend_dtype_pairs
+from tests.utils import (assert_close_verbose, available_backends_for, backend_dtype_pairs,  # noqa: F401
+                         one_torch_thread)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _inputs(shape, dtype, T=1000):

@@ -8,7 +8,9 @@ from fastpurify import ops
 from fastpurify.reference.philox import STEP, normal_ref
 from fastpurify.reference.sampler_step import guidance_accumulate_ref, sampler_step_ref
 from tests import op_checks as C
-from tests.utils import available_backends_for, backend_dtype_pairs
+from tests.utils import available_backends_for, backend_dtype_pairs, one_torch_thread  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 STEP_BACKENDS = available_backends_for("sampler_step")
 GUIDE_BACKENDS = available_backends_for("guidance_accumulate")

@@ -13,22 +13,15 @@ import torch
 from fastpurify import _ext, ops
 from fastpurify._registry import backends_for
 from tests import op_checks as C
+from tests.utils import one_torch_thread  # noqa: F401  (fixture)
 
-pytestmark = [pytest.mark.interpret,
+# One torch thread: the interpreter runs kernels as Python on the main thread, and torch's idle OpenMP workers
+# spinning beside it made this lane 6× slower on a 2-core machine (tests/utils.one_torch_thread).
+pytestmark = [pytest.mark.interpret, pytest.mark.usefixtures("one_torch_thread"),
               pytest.mark.skipif(not _ext.triton_interpret() or _ext.triton_error() is not None,
                                  reason="needs TRITON_INTERPRET=1 set before Python starts, and triton")]
 B = "triton"
 REALISTIC, ODD = (64, 3, 32, 32), (3, 3, 17, 23)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The interpreter runs kernels as Python on the main thread; torch's idle OpenMP workers spinning beside it
-    made this lane 6× slower on a 2-core machine.  Results do not depend on the thread count."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_triton_declares_cpu_under_the_interpreter():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -15,6 +16,18 @@ from fastpurify.samplers.schedules import get_ddpm_schedule, get_vpsde_schedule
 def available_backends_for(op: str, device: str = "cpu", dtype=torch.float32) -> list[str]:
     """Names of the registered backends that can run `op` here (the test matrix comes from the registry)."""
     return [n for n, b in backends_for(op).items() if b.why_not(torch.device(device), dtype) is None]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch (and the C++ ops) on one CPU thread for a module whose time goes into eager reference ops on small
+    tensors: on a shared 2-core machine idle OpenMP workers stall each such op by milliseconds (measured: the Philox
+    reference at 64×3×32×32 takes 2.5 s with 2 threads under load, 36 ms with 1).  Results do not depend on it;
+    test_api and test_samplers still run the C++ ops multi-threaded."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def backend_dtype_pairs(op: str, dtypes, device: str = "cpu") -> list[tuple[str, torch.dtype]]:

@@ -5,9 +5,8 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
-#include <type_traits>
-
 #include "../checks.h"
+#include "loops.h"
 #include "tile.h"
 
 namespace fastpurify {
@@ -21,10 +20,8 @@ void forward_diffuse_kernel(const scalar_t* x0, scalar_t* out, const float* a, c
   for_each_tile(B, n, [&](int64_t b, int64_t e0, int64_t len) {
     float z[kTile];
     noise_tile(z, static_cast<uint64_t>(seeds[b]), e0, len, step, purpose, round);
-    const scalar_t ca = a[t[b]], cs = s[t[b]];
-    const scalar_t* xp = x0 + b * n + e0;
-    scalar_t* op = out + b * n + e0;
-    for (int64_t j = 0; j < len; ++j) op[j] = ca * xp[j] + cs * static_cast<scalar_t>(z[j]);
+    diffuse_tile(x0 + b * n + e0, z, static_cast<scalar_t>(a[t[b]]), static_cast<scalar_t>(s[t[b]]),
+                 out + b * n + e0, len);
   });
 }
 
@@ -87,8 +84,7 @@ at::Tensor forward_diffuse_bwd_cpu(const at::Tensor& grad, const at::Tensor& a, 
     const float* ap = ac.data_ptr<float>();
     const int64_t* tp = tc.data_ptr<int64_t>();
     for_each_tile(B, n, [&](int64_t b, int64_t e0, int64_t len) {
-      const scalar_t ca = ap[tp[b]];
-      for (int64_t j = 0; j < len; ++j) xp[b * n + e0 + j] = ca * gp[b * n + e0 + j];
+      scale_tile(gp + b * n + e0, static_cast<scalar_t>(ap[tp[b]]), xp + b * n + e0, len);
     });
   });
   return gx;

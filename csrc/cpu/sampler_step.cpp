@@ -1,7 +1,9 @@
 // C++ CPU kernels: the fused reverse step (every sampler family is one coefficient row) and guidance accumulation.
 // Spec: fastpurify/reference/sampler_step.py.  Row c = coef[k] = [q0, q1, p0, p1, p2, sigma, s_g]:
-//   x0 = q0·x − q1·ε (clamped to [−1, 1] if clip);  out = p0·x0 + p1·x + p2·ε + sigma·ξ(seed_b, k) + s_g·Σ_j gw[j,b]·g[j,b]
+//   x0 = q0·x − q1·ε (clamped to [−1, 1] if clip)
+//   out = p0·x0 + p1·x + p2·ε + sigma·ξ(seed_b, k) + s_g·Σ_j gw[j,b]·g[j,b]
 // x, ε: (B, n); g: (K, B, n); gw: (K, B); coef: (S, 7) in x's dtype (float or double); k: 0-dim int64.
+// The element loops are in loops.cpp (compiled per instruction set); this file tiles, checks and dispatches.
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -12,6 +14,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "loops.h"
 #include "tile.h"
 
 namespace fastpurify {
@@ -20,13 +23,13 @@ namespace {
 constexpr int64_t kCoef = 7;
 
 template <typename T>
-struct Row {
-  T q0, q1, p0, p1, p2, sigma, sg;
-  explicit Row(const T* c) : q0(c[0]), q1(c[1]), p0(c[2]), p1(c[3]), p2(c[4]), sigma(c[5]), sg(c[6]) {}
-};
+Coefs<T> row_at(const T* coef, int64_t row) {
+  const T* c = coef + row * kCoef;
+  return Coefs<T>{c[0], c[1], c[2], c[3], c[4], c[5], c[6]};
+}
 
-template <typename T, bool CLIP>
-void step_fwd_kernel(const T* x, const T* eps, const T* g, const T* gw, int64_t K, const Row<T> c,
+template <typename T>
+void step_fwd_kernel(const T* x, const T* eps, const T* g, const T* gw, int64_t K, const Coefs<T> c, bool clip,
                      const int64_t* seeds, T* out, int64_t B, int64_t n, uint32_t step, uint32_t purpose,
                      uint32_t round) {
   const bool noisy = c.sigma != T(0);  // DDIM η = 0 and final steps draw no noise
@@ -34,26 +37,13 @@ void step_fwd_kernel(const T* x, const T* eps, const T* g, const T* gw, int64_t 
     float z[kTile];
     if (noisy) noise_tile(z, static_cast<uint64_t>(seeds[b]), e0, len, step, purpose, round);
     const int64_t o = b * n + e0;
-    const T* xp = x + o;
-    const T* ep = eps + o;
-    T* op = out + o;
-    // Same operation order as the reference, so the C++ result matches it to the last bits (no FMA contraction).
-    for (int64_t j = 0; j < len; ++j) {
-      T x0 = c.q0 * xp[j] - c.q1 * ep[j];
-      if constexpr (CLIP) x0 = std::min(std::max(x0, T(-1)), T(1));
-      op[j] = c.p0 * x0 + c.p1 * xp[j] + c.p2 * ep[j];
-    }
-    if (noisy)
-      for (int64_t j = 0; j < len; ++j) op[j] += c.sigma * static_cast<T>(z[j]);
+    // Same operation order as the reference: p-terms, + σ·ξ, + s_g·(Σ_j gw[j,b]·g[j,b]).
+    step_tile(x + o, eps + o, noisy ? z : nullptr, c, clip, out + o, len);
     if (g != nullptr) {
       T acc[kTile];
-      for (int64_t j = 0; j < len; ++j) acc[j] = gw[b] * g[o + j];
-      for (int64_t kk = 1; kk < K; ++kk) {
-        const T w = gw[kk * B + b];
-        const T* gp = g + kk * B * n + o;
-        for (int64_t j = 0; j < len; ++j) acc[j] += w * gp[j];
-      }
-      for (int64_t j = 0; j < len; ++j) op[j] += c.sg * acc[j];
+      scale_tile(g + o, gw[b], acc, len);
+      for (int64_t j = 1; j < K; ++j) axpy_tile(g + j * B * n + o, gw[j * B + b], acc, len);
+      axpy_tile(acc, c.sg, out + o, len);
     }
   });
 }
@@ -61,28 +51,17 @@ void step_fwd_kernel(const T* x, const T* eps, const T* g, const T* gw, int64_t 
 // Backward.  With m = 1[−1 < x0 < 1] (m = 1 without clip; torch's clamp gradient is 0 on the boundary):
 //   ∂out/∂x = p1 + p0·q0·m,   ∂out/∂ε = p2 − p0·q1·m,   ∂out/∂g[j,b] = s_g·gw[j,b].
 // The noise is additive, so it is neither stored nor regenerated.
-template <typename T, bool CLIP>
-void step_bwd_kernel(const T* go, const T* x, const T* eps, const T* gw, int64_t K, const Row<T> c, T* gx,
-                     T* geps, T* gg, int64_t B, int64_t n) {
-  const T dx = c.p1 + c.p0 * c.q0, de = c.p2 - c.p0 * c.q1;
+template <typename T>
+void step_bwd_kernel(const T* go, const T* x, const T* eps, const T* gw, int64_t K, const Coefs<T> c, bool clip,
+                     T* gx, T* geps, T* gg, int64_t B, int64_t n) {
   for_each_tile(B, n, [&](int64_t b, int64_t e0, int64_t len) {
     const int64_t o = b * n + e0;
-    for (int64_t j = 0; j < len; ++j) {
-      if constexpr (CLIP) {
-        const T x0 = c.q0 * x[o + j] - c.q1 * eps[o + j];
-        const T m = (x0 > T(-1) && x0 < T(1)) ? T(1) : T(0);
-        gx[o + j] = go[o + j] * (c.p1 + c.p0 * c.q0 * m);
-        geps[o + j] = go[o + j] * (c.p2 - c.p0 * c.q1 * m);
-      } else {
-        gx[o + j] = go[o + j] * dx;
-        geps[o + j] = go[o + j] * de;
-      }
-    }
+    step_bwd_tile(go + o, clip ? x + o : nullptr, clip ? eps + o : nullptr, c, clip, gx + o, geps + o, len);
     if (gg != nullptr)
-      for (int64_t kk = 0; kk < K; ++kk) {
-        const T w = gw[kk * B + b];
-        T* gp = gg + kk * B * n + o;
-        for (int64_t j = 0; j < len; ++j) gp[j] = (w * go[o + j]) * c.sg;
+      for (int64_t j = 0; j < K; ++j) {
+        T* gp = gg + j * B * n + o;
+        scale_tile(go + o, gw[j * B + b], gp, len);  // (gw·∂L/∂out)·s_g, the reference's rounding order
+        scale_tile(gp, c.sg, gp, len);
       }
   });
 }
@@ -142,16 +121,10 @@ at::Tensor sampler_step_cpu(const at::Tensor& x, const at::Tensor& eps, const st
   const auto gc = g.has_value() ? g->contiguous() : at::Tensor(), wc = gw.has_value() ? gw->contiguous() : at::Tensor();
   auto out = at::empty_like(xc);
   AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "sampler_step_cpu", [&] {
-    const Row<scalar_t> c(cc.data_ptr<scalar_t>() + row * kCoef);
-    const scalar_t* gp = K ? gc.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* wp = K ? wc.data_ptr<scalar_t>() : nullptr;
-    auto run = [&](auto clip_tag) {
-      step_fwd_kernel<scalar_t, decltype(clip_tag)::value>(
-          xc.data_ptr<scalar_t>(), ec.data_ptr<scalar_t>(), gp, wp, K, c, sc.data_ptr<int64_t>(),
-          out.data_ptr<scalar_t>(), B, n, static_cast<uint32_t>(row), static_cast<uint32_t>(purpose),
-          static_cast<uint32_t>(round));
-    };
-    clip ? run(std::true_type{}) : run(std::false_type{});
+    step_fwd_kernel<scalar_t>(xc.data_ptr<scalar_t>(), ec.data_ptr<scalar_t>(), K ? gc.data_ptr<scalar_t>() : nullptr,
+                              K ? wc.data_ptr<scalar_t>() : nullptr, K, row_at(cc.data_ptr<scalar_t>(), row), clip,
+                              sc.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), B, n, static_cast<uint32_t>(row),
+                              static_cast<uint32_t>(purpose), static_cast<uint32_t>(round));
   });
   return out;
 }
@@ -183,17 +156,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sampler_step_bwd_cpu(
   gshape.insert(gshape.end(), go.sizes().begin(), go.sizes().end());
   auto gg = need_g ? at::empty(gshape, go.options()) : at::empty({0}, go.options());
   AT_DISPATCH_FLOATING_TYPES(go.scalar_type(), "sampler_step_bwd_cpu", [&] {
-    const Row<scalar_t> c(cc.data_ptr<scalar_t>() + row * kCoef);
-    const scalar_t* xp = clip ? xc.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* ep = clip ? ec.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* wp = need_g ? wc.data_ptr<scalar_t>() : nullptr;
-    scalar_t* ggp = need_g ? gg.data_ptr<scalar_t>() : nullptr;
-    auto run = [&](auto clip_tag) {
-      step_bwd_kernel<scalar_t, decltype(clip_tag)::value>(go.data_ptr<scalar_t>(), xp, ep, wp, K, c,
-                                                           gx.data_ptr<scalar_t>(), geps.data_ptr<scalar_t>(), ggp,
-                                                           B, n);
-    };
-    clip ? run(std::true_type{}) : run(std::false_type{});
+    step_bwd_kernel<scalar_t>(go.data_ptr<scalar_t>(), clip ? xc.data_ptr<scalar_t>() : nullptr,
+                              clip ? ec.data_ptr<scalar_t>() : nullptr, need_g ? wc.data_ptr<scalar_t>() : nullptr, K,
+                              row_at(cc.data_ptr<scalar_t>(), row), clip, gx.data_ptr<scalar_t>(),
+                              geps.data_ptr<scalar_t>(), need_g ? gg.data_ptr<scalar_t>() : nullptr, B, n);
   });
   return {gx, geps, gg};
 }
@@ -213,9 +179,8 @@ at::Tensor guidance_accumulate_cpu(const at::Tensor& g, const at::Tensor& gw) {
     scalar_t* op = out.data_ptr<scalar_t>();
     for_each_tile(B, n, [&](int64_t b, int64_t e0, int64_t len) {
       const int64_t o = b * n + e0;
-      for (int64_t j = 0; j < len; ++j) op[o + j] = wp[b] * gp[o + j];
-      for (int64_t kk = 1; kk < K; ++kk)
-        for (int64_t j = 0; j < len; ++j) op[o + j] += wp[kk * B + b] * gp[kk * B * n + o + j];
+      scale_tile(gp + o, wp[b], op + o, len);
+      for (int64_t j = 1; j < K; ++j) axpy_tile(gp + j * B * n + o, wp[j * B + b], op + o, len);
     });
   });
   return out;
@@ -238,10 +203,7 @@ at::Tensor guidance_accumulate_bwd_cpu(const at::Tensor& grad, const at::Tensor&
     const scalar_t* wp = wc.data_ptr<scalar_t>();
     scalar_t* op = gg.data_ptr<scalar_t>();
     for_each_tile(B, n, [&](int64_t b, int64_t e0, int64_t len) {
-      for (int64_t kk = 0; kk < K; ++kk) {
-        const scalar_t w = wp[kk * B + b];
-        for (int64_t j = 0; j < len; ++j) op[kk * B * n + b * n + e0 + j] = w * gp[b * n + e0 + j];
-      }
+      for (int64_t j = 0; j < K; ++j) scale_tile(gp + b * n + e0, wp[j * B + b], op + j * B * n + b * n + e0, len);
     });
   });
   return gg;

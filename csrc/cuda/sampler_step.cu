@@ -1,7 +1,8 @@
 // CUDA fused reverse step and guidance accumulation.  Spec: fastpurify/reference/sampler_step.py.
 // Row c = coef[*k] = [q0, q1, p0, p1, p2, sigma, s_g] is read on the device (no host round-trip per step; a captured
 // graph replays by advancing *k):
-//   x0 = q0·x − q1·ε (clamped to [−1, 1] if CLIP);  out = p0·x0 + p1·x + p2·ε + sigma·ξ(seed_b, k) + s_g·Σ_j gw[j,b]·g[j,b]
+//   x0 = q0·x − q1·ε (clamped to [−1, 1] if CLIP)
+//   out = p0·x0 + p1·x + p2·ε + sigma·ξ(seed_b, k) + s_g·Σ_j gw[j,b]·g[j,b]
 #include "../philox.h"
 #include "common.cuh"
 

@@ -1,7 +1,8 @@
 """Triton fused reverse step and guidance accumulation.  Spec: fastpurify/reference/sampler_step.py.
 
 Row c = coef[k] = [q0, q1, p0, p1, p2, σ, s_g], read on the device from the 0-dim step index k:
-    x̂0 = q0·x − q1·ε (clamped to [−1, 1] if CLIP);  out = p0·x̂0 + p1·x + p2·ε + σ·ξ(seed_b, k) + s_g·Σ_j gw[j,b]·g[j,b]
+    x̂0 = q0·x − q1·ε (clamped to [−1, 1] if CLIP)
+    out = p0·x̂0 + p1·x + p2·ε + σ·ξ(seed_b, k) + s_g·Σ_j gw[j,b]·g[j,b]
 x, ε: (B, n);  g: (K, B, n);  gw: (K, B) float32;  coef: (S, 7) float32.  Loads in any float dtype, fp32 registers.
 Grid: (sample b, block of its n elements).
 """

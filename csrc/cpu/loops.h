@@ -1,0 +1,33 @@
+// The per-tile loops of the C++ CPU kernels, as plain functions (float and double) defined in loops.cpp.  They live
+// in their own translation unit, without torch headers, so they can be compiled once per instruction set and
+// picked at load time (see FP_WIDE_CLONES in loops.cpp): memory-bound loops gain 2–3× from AVX2/AVX-512 over the
+// SSE2 baseline a portable extension is built for.  Same operation order as the reference, no FMA contraction.
+#pragma once
+#include <cstdint>
+
+namespace fastpurify {
+
+// One row of a sampler coefficient table (reference/sampler_step.py): x0 = q0·x − q1·ε, out = p0·x0 + p1·x + p2·ε + …
+template <typename T>
+struct Coefs {
+  T q0, q1, p0, p1, p2, sigma, sg;
+};
+
+#define FP_DECLARE_LOOPS(T)                                                                                       \
+  /* out = ca·x + cs·z */                                                                                          \
+  void diffuse_tile(const T* x, const float* z, T ca, T cs, T* out, int64_t len);                                  \
+  /* out = c·in */                                                                                                 \
+  void scale_tile(const T* in, T c, T* out, int64_t len);                                                          \
+  /* out += c·in */                                                                                                \
+  void axpy_tile(const T* in, T c, T* out, int64_t len);                                                           \
+  /* out = p0·[clamp](q0·x − q1·ε) + p1·x + p2·ε (+ σ·z when z != nullptr) */                                      \
+  void step_tile(const T* x, const T* eps, const float* z, const Coefs<T>& c, bool clip, T* out, int64_t len);     \
+  /* gx = go·(p1 + p0·q0·m), geps = go·(p2 − p0·q1·m), m = 1[−1 < x0 < 1] when clip (x, eps read only then) */    \
+  void step_bwd_tile(const T* go, const T* x, const T* eps, const Coefs<T>& c, bool clip, T* gx, T* geps,          \
+                     int64_t len);
+
+FP_DECLARE_LOOPS(float)
+FP_DECLARE_LOOPS(double)
+#undef FP_DECLARE_LOOPS
+
+}  // namespace fastpurify
