@@ -15,6 +15,9 @@ def load_error() -> str | None:
     except ImportError as e:
         return (f"fastpurify._C is not built ({e}); build it with "
                 "`pip install --no-build-isolation -e .` (see README, 'Build')")
+    from . import _fake
+
+    _fake.register()
     return None
 
 

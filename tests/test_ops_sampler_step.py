@@ -159,3 +159,21 @@ def test_forced_triton_without_interpreter_explains(monkeypatch):
     msg = str(e.value)
     assert "forced: triton (backend= argument)" in msg and "TRITON_INTERPRET=1" in msg
     assert all(f"  {n}:" in msg for n in ("torch", "cpu", "triton", "cuda"))
+
+
+def _opcheck_cases():
+    x, eps, g, gw, coef, k, seeds = C.step_inputs((2, 3, 5, 7), 2, "ddpm-fixedsmall", "mid")
+    x0, a, s, t, sd = C.diffuse_inputs((2, 3, 5, 7))
+    return {"sampler_step": (x, eps, g, gw, coef, k, seeds, True, 1, 0),
+            "sampler_step_bwd": (x, x, eps, gw, coef, k, True, True),
+            "guidance_accumulate": (g, gw), "guidance_accumulate_bwd": (x, gw),
+            "forward_diffuse": (x0, a, s, t, sd, 0, 0, 0), "forward_diffuse_bwd": (x0, a, t),
+            "normal": (sd, 35, 1, 1, 0)}
+
+
+@pytest.mark.skipif("cpu" not in STEP_BACKENDS, reason="fastpurify._C not built")
+@pytest.mark.parametrize("op", list(_opcheck_cases()))
+def test_compiled_ops_pass_opcheck(op):
+    """Schemas, fake (shape-only) kernels and AOT dispatch agree with the C++ kernels (fastpurify/_fake.py)."""
+    result = torch.library.opcheck(getattr(torch.ops.fastpurify, op).default, _opcheck_cases()[op])
+    assert set(result.values()) == {"SUCCESS"}, result
