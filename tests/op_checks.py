@@ -206,6 +206,18 @@ def tiny_diffusion(device="cpu"):
 
 def check_purify_agrees(backend, preset, kw, device="cpu", grad=False):
     """purify(x, backend=b) equals backend='torch' for the same per-sample seeds (and so do its input gradients)."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    flags = (cudnn.allow_tf32, matmul.allow_tf32, cudnn.deterministic)
+    # TF32 convolutions would turn 1-ulp differences of a step into 1e-3 ones downstream: exact fp32 for the check.
+    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    cudnn.deterministic = True
+    try:
+        _purify_agrees(backend, preset, kw, device, grad)
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32, cudnn.deterministic = flags
+
+
+def _purify_agrees(backend, preset, kw, device, grad):
     from fastpurify import purify
 
     m = tiny_diffusion(device)
