@@ -1,4 +1,4 @@
-"""The `fastpurify` command: `demo`, `train-digits`, `info`."""
+"""The `fastpurify` command: `demo`, `train-digits`, `train-aux`, `info`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 COMMANDS = {
     "demo": ("fastpurify.demo", "attack and purify on the embedded digits models; writes report.json and grid.png"),
     "train-digits": ("fastpurify.zoo.train_digits", "retrain the embedded digits DDPM and classifier"),
+    "train-aux": ("fastpurify.zoo.train_aux", "TRADES-train the auxiliary network for adversarial guidance (AGDM)"),
     "info": ("fastpurify.info", "versions, build and available backends (--json)"),
 }
 
