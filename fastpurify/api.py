@@ -44,7 +44,7 @@ class Purifier(nn.Module):
     """
 
     def __init__(self, model=None, preset: str | Preset = DEFAULT_PRESET, *, t_star=None, steps: int | None = None,
-                 backend: str | None = None):
+                 backend: str | None = None, guidance=None):
         super().__init__()
         if model is None:
             from .zoo import digits
@@ -53,6 +53,13 @@ class Purifier(nn.Module):
         self.model = _as_diffusion(model).requires_grad_(False)
         self.config: Resolved = resolve(preset, t_star=t_star, steps=steps)
         self.backend = backend
+        # Guidance (AGDM, GDMP, …): an object whose bind(x_in, model, seeds, round) returns the per-step hook
+        # guidance(u, eps, i) of the DDPM sampler.  Registered as a submodule when it is one (e.g. holds φ).
+        c = self.config
+        if guidance is not None and (c.preset.sampler != "ddpm" or c.steps not in (None, c.k)):
+            raise ValueError(f"guidance needs the full-chain ddpm sampler; preset {c.preset.name!r} uses "
+                             f"{c.preset.sampler!r} with {c.nfe} steps from t* = {c.k}")
+        self.guidance = guidance
         abar = self.model.schedule.alphas_cumprod
         device = next(self.model.parameters()).device
         self.register_buffer("sqrt_abar", abar.sqrt().float().to(device), persistent=False)
@@ -62,7 +69,8 @@ class Purifier(nn.Module):
         c = self.config
         return f"preset={c.preset.name!r}, sampler={c.preset.sampler}, t*={c.k}/1000, nfe={c.nfe}"
 
-    def forward(self, x: torch.Tensor, seed=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, seed=None, round: int = 0) -> torch.Tensor:
+        """Purify x (B, C, H, W) in [0, 1].  round: the Philox round word (multi-round purification)."""
         m, cfg, p = self.model, self.config, self.config.preset
         x = check_images(x, channels=m.channels, size=m.image_size)
         param = next(m.parameters())
@@ -73,8 +81,10 @@ class Purifier(nn.Module):
         # Forward diffusion to t*: ᾱ_{k−1} (canonical rule), noise stream FORWARD.
         u = (2.0 * x - 1.0).to(param.dtype)
         t = torch.full((B,), cfg.k - 1, device=x.device, dtype=torch.int64)
-        u = ops.forward_diffuse(u, self.sqrt_abar, self.sqrt_1m_abar, t, seeds, purpose=FORWARD, backend=self.backend)
-        noise = NoiseStreams(seeds, tuple(u.shape), backend=self.backend)
+        u = ops.forward_diffuse(u, self.sqrt_abar, self.sqrt_1m_abar, t, seeds, purpose=FORWARD, round=round,
+                                backend=self.backend)
+        noise = NoiseStreams(seeds, tuple(u.shape), round=round, backend=self.backend)
+        hook = None if self.guidance is None else self.guidance.bind(x.to(param.dtype), m, seeds, round)
         # Reverse process.
         if p.sampler == "vpsde":
             dt = p.dt if cfg.steps is None else (cfg.s_star - p.s_end) / cfg.steps
@@ -82,7 +92,7 @@ class Purifier(nn.Module):
                              backend=self.backend)
         elif p.sampler == "ddpm" and cfg.steps in (None, cfg.k):
             u = sample_ddpm(m, u, list(range(cfg.k - 1, -1, -1)), noise=noise, variance=p.variance, clip_x0=p.clip_x0,
-                            backend=self.backend)
+                            guidance=hook, backend=self.backend)
         else:  # ddim, or ddpm respaced (= η 1 on the subsequence)
             eta = 1.0 if p.sampler == "ddpm" else p.eta
             idx = respaced_indices(cfg.k, cfg.steps, p.respacing)
