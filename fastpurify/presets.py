@@ -125,3 +125,18 @@ register_preset(Preset("diffpure-cifar10-l2", "vpsde", 0.075, clamp_output=False
 register_preset(Preset("diffpure-imagenet", "vpsde", 0.15, clamp_output=False,
                        description="DiffPure ImageNet ℓ∞: ADM 256x256_diffusion_uncond.pt (fp16 torso upstream), "
                                    "VP-SDE EM dt 1e-3, t* = 0.15, 224→256→224 bilinear resize"))
+
+
+# ---- guided and multi-round methods (issue #5; METHODS.md §5, §6, §8) ----
+# Sampler settings only: the guidance itself (AGDM's auxiliary network, GDMP's target) is built by
+# fastpurify.methods.build_method / the guidance classes, which take these presets.
+register_preset(Preset("agdm", "ddpm", 70, variance="fixedsmall", clip_x0=True,
+                       description="AGDM reconstruction: DDPM ancestral from t* = 70 steps [paper: t = 70], "
+                                   "adversarial guidance added to the posterior mean"))
+register_preset(Preset("gdmp", "ddpm", 36, variance="fixedlarge", clip_x0=True,
+                       description="GDMP round: DDPM ancestral, fixedlarge variance, 36 steps per round "
+                                   "(CIFAR-10: 4 rounds, SSIM a=70000 or MSE a=60000)"))
+register_preset(Preset("cifar10-agdm", "ddpm", 70, variance="fixedlarge", clip_x0=True, clamp_output=True,
+                       description="AGDM on the CIFAR-10 DDPM (fixedlarge, the backbone's native variance), t* = 70"))
+register_preset(Preset("cifar10-gdmp", "ddpm", 36, variance="fixedlarge", clip_x0=True, clamp_output=True,
+                       description="GDMP CIFAR-10 round (use 4 rounds; SSIM a=70000 / MSE a=60000, ptb 8)"))

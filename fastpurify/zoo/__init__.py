@@ -1,5 +1,5 @@
 """Embedded default models: `fastpurify.zoo.digits()`."""
 
-from .embedded import DigitsModels, digits
+from .embedded import DigitsModels, digits, digits_aux
 
-__all__ = ["digits", "DigitsModels"]
+__all__ = ["digits", "digits_aux", "DigitsModels"]

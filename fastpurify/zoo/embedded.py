@@ -107,3 +107,10 @@ def _cached_models() -> DigitsModels:
 def digits() -> DigitsModels:
     """The embedded digits models (loaded once, frozen, eval mode, CPU)."""
     return _cached_models()
+
+
+@lru_cache(maxsize=1)
+def digits_aux() -> torch.nn.Module:
+    """AGDM's auxiliary network φ for the digits: a SmallCNN trained with TRADES (`fastpurify train-aux`,
+    card: weights/digits_aux_card.json; feature layer 'features')."""
+    return _load_module(build_classifier(), WEIGHTS_DIR / "digits_aux.safetensors")
