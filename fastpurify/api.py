@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from . import ops
+from .grad import GRAD_LABELS, StepCheckpoint, check_mode, straight_through
 from .presets import Preset, Resolved, resolve
 from .reference.philox import FORWARD, derive_seeds
 from .samplers import NoiseStreams, respaced_indices, sample_ddim, sample_ddpm, sample_vpsde, vpsde_grid
@@ -40,11 +41,21 @@ class Purifier(nn.Module):
     """Diffusion purification x ∈ [0, 1] → x_pur ∈ [0, 1] with a fixed model and resolved preset.
 
     Holds the model (weights frozen), the schedule tables on the model's device, and the resolved settings.
-    `forward(x, seed=None)`: seed None = fresh noise per call; int = per-index streams; (B,) tensor = per sample.
+    `forward(x, seed=None)`: seed None = fresh noise per call (or `fixed_noise_seed` when set); int = per-index
+    streams; (B,) tensor = per-sample seeds.
+
+    grad: how gradients reach x when the input requires them (`fastpurify.grad`, METHODS.md §9): 'full' (default;
+    exact, per-step recompute), 'autograd' (exact, plain unrolled graph), 'adjoint' (VP-SDE presets only),
+    'surrogate' (with `surrogate=`), 'bpda' (identity backward, weaker), 'none'.
+    surrogate: the attack-side purifier for grad='surrogate': a Purifier, or a dict of settings (preset, t_star,
+    steps, grad; t* defaults to the defence's) for one over the same model.  The defence value is returned, the surrogate's gradient used.
+    fixed_noise_seed: an int makes every call without an explicit seed replay the same noise (deterministic
+    white-box; per batch position, derive_seeds(seed, arange(B))).
     """
 
     def __init__(self, model=None, preset: str | Preset = DEFAULT_PRESET, *, t_star=None, steps: int | None = None,
-                 backend: str | None = None, guidance=None):
+                 backend: str | None = None, guidance=None, grad: str = "full", surrogate=None,
+                 fixed_noise_seed: int | None = None):
         super().__init__()
         if model is None:
             from .zoo import digits
@@ -60,6 +71,24 @@ class Purifier(nn.Module):
             raise ValueError(f"guidance needs the full-chain ddpm sampler; preset {c.preset.name!r} uses "
                              f"{c.preset.sampler!r} with {c.nfe} steps from t* = {c.k}")
         self.guidance = guidance
+        self.grad = check_mode(grad)
+        if grad == "adjoint" and c.preset.sampler != "vpsde":
+            raise ValueError(f"grad='adjoint' is the continuous VP-SDE adjoint; preset {c.preset.name!r} uses the "
+                             f"{c.preset.sampler!r} sampler: use grad='full' (exact, memory-bounded) instead")
+        if (grad == "surrogate") != (surrogate is not None):
+            raise ValueError("grad='surrogate' needs surrogate= (a Purifier or a dict of settings), and surrogate= "
+                             "needs grad='surrogate'")
+        if isinstance(surrogate, dict):
+            # Settings not given are the defence's (its t* included, also when the surrogate names another preset).
+            surrogate = Purifier(self.model, **{"preset": c.preset, "t_star": c.k, "backend": backend, **surrogate})
+        if surrogate is not None and (not isinstance(surrogate, Purifier) or surrogate.grad == "surrogate"):
+            raise TypeError("surrogate must be a Purifier (or a dict of its settings) whose own grad mode is not "
+                            "'surrogate'")
+        self.surrogate = surrogate
+        check_seed(fixed_noise_seed, 1, torch.device("cpu"))
+        if isinstance(fixed_noise_seed, torch.Tensor):
+            raise TypeError("fixed_noise_seed must be an int; pass per-sample seed tensors to forward(seed=...)")
+        self.fixed_noise_seed = fixed_noise_seed
         abar = self.model.schedule.alphas_cumprod
         device = next(self.model.parameters()).device
         self.register_buffer("sqrt_abar", abar.sqrt().float().to(device), persistent=False)
@@ -67,36 +96,68 @@ class Purifier(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        return f"preset={c.preset.name!r}, sampler={c.preset.sampler}, t*={c.k}/1000, nfe={c.nfe}"
+        return f"preset={c.preset.name!r}, sampler={c.preset.sampler}, t*={c.k}/1000, nfe={c.nfe}, grad={self.grad!r}"
 
-    def forward(self, x: torch.Tensor, seed=None, round: int = 0) -> torch.Tensor:
-        """Purify x (B, C, H, W) in [0, 1].  round: the Philox round word (multi-round purification)."""
-        m, cfg, p = self.model, self.config, self.config.preset
+    def grad_config(self) -> dict:
+        """What a report records about the attack gradient (CONVENTIONS.md §2.3): mode, label, noise, configs."""
+        d = {"grad_mode": self.grad, "grad_label": GRAD_LABELS[self.grad], "fixed_noise_seed": self.fixed_noise_seed,
+             "defense": self.config.as_dict()}
+        if self.surrogate is not None:
+            d["surrogate"] = {**self.surrogate.config.as_dict(), "grad_mode": self.surrogate.grad}
+        return d
+
+    def forward(self, x: torch.Tensor, seed=None, round: int = 0, grad: str | None = None) -> torch.Tensor:
+        """Purify x (B, C, H, W) in [0, 1].  round: the Philox round word (multi-round purification).
+        grad: override the gradient mode for this call."""
+        m = self.model
+        mode = self.grad if grad is None else check_mode(grad)
         x = check_images(x, channels=m.channels, size=m.image_size)
         param = next(m.parameters())
         if x.device != param.device:
             raise ValueError(f"x is on {x.device} but the diffusion model is on {param.device}")
-        B = x.shape[0]
-        seeds = per_sample_seeds(seed, B, x.device)
+        seeds = per_sample_seeds(self.fixed_noise_seed if seed is None else seed, x.shape[0], x.device)
+        if not (torch.is_grad_enabled() and x.requires_grad) or mode == "autograd":
+            return self._purify(x, seeds, round, "autograd")
+        if mode in ("full", "adjoint"):
+            return self._purify(x, seeds, round, mode)
+        with torch.no_grad():
+            value = self._purify(x, seeds, round, "autograd")
+        if mode == "none":
+            return value
+        if mode == "bpda":
+            return straight_through(value, x)
+        if self.surrogate is None:
+            raise ValueError("grad='surrogate' needs a Purifier built with surrogate=")
+        return straight_through(value, self.surrogate(x, seed=seeds, round=round))
+
+    def _purify(self, x: torch.Tensor, seeds: torch.Tensor, round: int, mode: str) -> torch.Tensor:
+        """The data path; mode 'autograd' (plain graph, or none under no_grad), 'full' or 'adjoint'."""
+        m, cfg, p = self.model, self.config, self.config.preset
+        dtype, B = next(m.parameters()).dtype, x.shape[0]
         # Forward diffusion to t*: ᾱ_{k−1} (canonical rule), noise stream FORWARD.
-        u = (2.0 * x - 1.0).to(param.dtype)
+        u = (2.0 * x - 1.0).to(dtype)
         t = torch.full((B,), cfg.k - 1, device=x.device, dtype=torch.int64)
         u = ops.forward_diffuse(u, self.sqrt_abar, self.sqrt_1m_abar, t, seeds, purpose=FORWARD, round=round,
                                 backend=self.backend)
         noise = NoiseStreams(seeds, tuple(u.shape), round=round, backend=self.backend)
-        hook = None if self.guidance is None else self.guidance.bind(x.to(param.dtype), m, seeds, round)
+        x_in = x.to(dtype)
+        # 'full': the hook closes over a leaf copy of x_in, whose gradient each recomputed step hands back to x_in.
+        ckpt = StepCheckpoint(x_in if self.guidance is not None else None) if mode == "full" else None
+        hook = None
+        if self.guidance is not None:
+            hook = self.guidance.bind(x_in if ckpt is None else ckpt.leaf, m, seeds, round)
         # Reverse process.
         if p.sampler == "vpsde":
             dt = p.dt if cfg.steps is None else (cfg.s_star - p.s_end) / cfg.steps
             u = sample_vpsde(m, u, vpsde_grid(cfg.s_star, dt, p.s_end), noise=noise, sde=get_vpsde_schedule(),
-                             backend=self.backend)
+                             backend=self.backend, checkpoint=ckpt, adjoint=mode == "adjoint")
         elif p.sampler == "ddpm" and cfg.steps in (None, cfg.k):
             u = sample_ddpm(m, u, list(range(cfg.k - 1, -1, -1)), noise=noise, variance=p.variance, clip_x0=p.clip_x0,
-                            guidance=hook, backend=self.backend)
+                            guidance=hook, backend=self.backend, checkpoint=ckpt)
         else:  # ddim, or ddpm respaced (= η 1 on the subsequence)
             eta = 1.0 if p.sampler == "ddpm" else p.eta
             idx = respaced_indices(cfg.k, cfg.steps, p.respacing)
-            u = sample_ddim(m, u, idx, noise=noise, eta=eta, clip_x0=p.clip_x0, backend=self.backend)
+            u = sample_ddim(m, u, idx, noise=noise, eta=eta, clip_x0=p.clip_x0, backend=self.backend, checkpoint=ckpt)
         out = (u + 1.0) / 2.0
         if p.clamp_output:
             out = out.clamp(0.0, 1.0)
@@ -104,17 +165,28 @@ class Purifier(nn.Module):
 
 
 class PurifiedClassifier(nn.Module):
-    """classifier(purifier(x)) as one nn.Module returning logits (B, classes), for attack libraries.
+    """classifier(purifier(x)) as one nn.Module returning logits (B, classes), for attack libraries (AutoAttack,
+    torchattacks: they take the device from the first parameter and call eval(); neither changes the noise).
 
-    Fresh purification noise on every call (what EOT expects) unless `seed` is set (fixed-noise evaluation).
+    seed: None = fresh purification noise on every call (what EOT expects); an int = fixed noise (the same noise
+    on every call for each batch position: a deterministic white-box evaluation); `forward(x, seed=...)` overrides
+    it per call (per-sample seed tensors: what fastpurify.attacks passes).  freeze: the classifier's weights stop
+    requiring grad, so attacks never build or accumulate parameter gradients.
     """
 
-    def __init__(self, purifier: Purifier, classifier: nn.Module, seed=None):
+    def __init__(self, purifier: Purifier, classifier: nn.Module, seed=None, freeze: bool = True):
         super().__init__()
         self.purifier, self.classifier, self.seed = purifier, classifier, seed
+        if freeze:
+            classifier.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.purifier(x, seed=self.seed))
+    def forward(self, x: torch.Tensor, seed=None) -> torch.Tensor:
+        return self.classifier(self.purifier(x, seed=self.seed if seed is None else seed))
+
+    def describe(self) -> dict:
+        """The record reports carry: the purifier's gradient config and the noise mode."""
+        cfg = self.purifier.grad_config() if isinstance(self.purifier, Purifier) else {}
+        return {**cfg, "noise": "fresh per call" if self.seed is None else f"fixed (seed {self.seed})"}
 
 
 def _default_model_for(x):
@@ -130,14 +202,17 @@ def _default_model_for(x):
 
 
 def purify(x: torch.Tensor, *, model=None, preset: str | Preset | None = None, t_star=None, steps: int | None = None,
-           seed=None, backend: str | None = None) -> torch.Tensor:
+           seed=None, backend: str | None = None, grad: str = "full", surrogate=None) -> torch.Tensor:
     """Purify images x (B, C, H, W) in [0, 1]; returns purified images in [0, 1].
 
     model: an EpsDiffusion (default: the embedded digits model when x is 1×16×16).  preset: a name from
     `fastpurify.presets.preset_names()` (default 'diffpure').  t_star: int steps of 1000 or float in (0, 1].
     steps: sampler steps (respacing).  seed: None (fresh noise), int, or (B,) per-sample seeds.
     backend: force an op backend ('torch', 'cpu', …); default automatic.
+    grad: gradient mode when x requires grad ('full', 'autograd', 'adjoint', 'surrogate', 'bpda', 'none'; see
+    `fastpurify.grad`); surrogate: settings of the attack-side purifier for grad='surrogate'.
     """
     model = _default_model_for(x) if model is None else model
-    pur = Purifier(model, preset or DEFAULT_PRESET, t_star=t_star, steps=steps, backend=backend)
+    pur = Purifier(model, preset or DEFAULT_PRESET, t_star=t_star, steps=steps, backend=backend, grad=grad,
+                   surrogate=surrogate)
     return pur(x, seed=seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -27,12 +28,16 @@ def ddim_coefficients(sched: DDPMSchedule, indices: list[int], eta: float) -> to
 
 
 def sample_ddim(model, u: torch.Tensor, indices: list[int], *, noise, eta: float = 0.0, clip_x0: bool = False,
-                backend: str | None = None) -> torch.Tensor:
-    """Steps i → j over consecutive entries of `indices` (descending).  noise: NoiseStreams (None allowed at η = 0)."""
+                backend: str | None = None, checkpoint: Callable | None = None) -> torch.Tensor:
+    """Steps i → j over consecutive entries of `indices` (descending).  noise: NoiseStreams (None allowed at η = 0).
+    checkpoint(body, u): per-step recompute wrapper (grad.StepCheckpoint), as in sample_ddpm."""
     coef = ddim_coefficients(model.schedule, indices, eta).to(u.device, ops.acc_dtype(u.dtype))
     steps = step_counter(len(indices), u.device)
     seeds, round = seeds_of(noise, u, needs_noise=eta > 0.0)
     for k, i in enumerate(indices):
-        eps = model.eps_at_index(u, i)
-        u = ops.sampler_step(u, eps, coef, steps[k], seeds, clip=clip_x0, round=round, backend=backend)
+        def step(u, k=k, i=i):
+            eps = model.eps_at_index(u, i)
+            return ops.sampler_step(u, eps, coef, steps[k], seeds, clip=clip_x0, round=round, backend=backend)
+
+        u = step(u) if checkpoint is None else checkpoint(step, u)
     return u

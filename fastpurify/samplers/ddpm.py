@@ -27,12 +27,15 @@ def ddpm_coefficients(sched: DDPMSchedule, indices: list[int], variance: str) ->
 
 
 def sample_ddpm(model, u: torch.Tensor, indices: list[int], *, noise, variance: str = "fixedsmall",
-                clip_x0: bool = True, guidance: Callable | None = None, backend: str | None = None) -> torch.Tensor:
+                clip_x0: bool = True, guidance: Callable | None = None, backend: str | None = None,
+                checkpoint: Callable | None = None) -> torch.Tensor:
     """Ancestral steps over consecutive descending DDPM indices (e.g. k−1, …, 0).
 
     noise: NoiseStreams (per-sample seeds; step k draws ξ(seed, k) inside the fused op).
     guidance(u, eps, i) → g, added to the posterior mean as σ_i²·g (its scale s_i already inside g); or (g, gw)
     with K terms g: (K, B, ...) and weights gw: (K, B), summed inside the step.
+    checkpoint(body, u) → body(u): runs each step body (UNet, guidance, fused op), e.g. grad.StepCheckpoint, which
+    keeps only u per step and recomputes the body in the backward pass (grad='full').
     """
     # Schedule: one coefficient table and one step counter on the device, built once.
     coef = ddpm_coefficients(model.schedule, indices, variance).to(u.device, ops.acc_dtype(u.dtype))
@@ -40,8 +43,11 @@ def sample_ddpm(model, u: torch.Tensor, indices: list[int], *, noise, variance: 
     seeds, round = seeds_of(noise, u, needs_noise=True)
     # Main loop (i = k−1, …, 0): fixed length, Python ints only.
     for k, i in enumerate(indices):
-        eps = model.eps_at_index(u, i)
-        g, gw = guidance_terms(guidance, u, eps, i)
-        # Fused: x̂₀ (clamped), posterior mean, guidance shift and noise in one op.
-        u = ops.sampler_step(u, eps, coef, steps[k], seeds, g, gw, clip=clip_x0, round=round, backend=backend)
+        def step(u, k=k, i=i):
+            eps = model.eps_at_index(u, i)
+            g, gw = guidance_terms(guidance, u, eps, i)
+            # Fused: x̂₀ (clamped), posterior mean, guidance shift and noise in one op.
+            return ops.sampler_step(u, eps, coef, steps[k], seeds, g, gw, clip=clip_x0, round=round, backend=backend)
+
+        u = step(u) if checkpoint is None else checkpoint(step, u)
     return u

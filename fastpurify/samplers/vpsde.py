@@ -24,17 +24,33 @@ def vpsde_coefficients(grid: list[float], sde: VPSDE) -> torch.Tensor:
 
 
 def sample_vpsde(model, u: torch.Tensor, grid: list[float], *, noise, sde: VPSDE, guidance: Callable | None = None,
-                 backend: str | None = None) -> torch.Tensor:
+                 backend: str | None = None, checkpoint: Callable | None = None, adjoint: bool = False) -> torch.Tensor:
     """Euler–Maruyama over the descending grid (vpsde_grid); step j draws ξ(seed, j) inside the fused op.
 
     guidance(u, eps, s) → g (scale inside), added to the score −ε/σ (METHODS.md §3.1, guided variant); or (g, gw).
+    checkpoint(body, u): per-step recompute wrapper (grad.StepCheckpoint), as in sample_ddpm.
+    adjoint: backpropagate with the continuous adjoint (grad.vpsde_adjoint): O(1) memory in steps, input only.
     """
     coef = vpsde_coefficients(grid, sde).to(u.device, ops.acc_dtype(u.dtype))
     steps = step_counter(len(grid) - 1, u.device)
     seeds, round = seeds_of(noise, u, needs_noise=True)
-    for j in range(len(grid) - 1):
-        eps = model.eps_at_time(u, grid[j])
-        g, gw = guidance_terms(guidance, u, eps, grid[j])
-        # Reverse drift with score −ε/σ; fresh noise every step (also on the last one).
-        u = ops.sampler_step(u, eps, coef, steps[j], seeds, g, gw, clip=False, round=round, backend=backend)
-    return u
+
+    def run(u):
+        for j in range(len(grid) - 1):
+            def step(u, j=j):
+                eps = model.eps_at_time(u, grid[j])
+                g, gw = guidance_terms(guidance, u, eps, grid[j])
+                # Reverse drift with score −ε/σ; fresh noise every step (also on the last one).
+                return ops.sampler_step(u, eps, coef, steps[j], seeds, g, gw, clip=False, round=round,
+                                        backend=backend)
+
+            u = step(u) if checkpoint is None else checkpoint(step, u)
+        return u
+
+    if not adjoint:
+        return run(u)
+    if guidance is not None or checkpoint is not None:
+        raise ValueError("the VP-SDE adjoint takes no guidance and no checkpoint (it stores no per-step state)")
+    from ..grad import vpsde_adjoint
+
+    return vpsde_adjoint(model, u, grid, coef, seeds, round, run, backend=backend)

@@ -1,0 +1,163 @@
+"""Gradient modes for adaptive attacks: one switch, `Purifier(..., grad=MODE)` / `purify(..., grad=MODE)` (METHODS.md §9).
+
+| mode        | backward computes                                            | memory in sampler steps          |
+|-------------|--------------------------------------------------------------|----------------------------------|
+| 'full'      | the exact VJP of the unrolled sampler, guidance included;    | one state x_t per step + one     |
+|             | each step (UNet, guidance, fused op) is recomputed in the    | step's activations               |
+|             | backward pass from its stored input, noise replayed (Philox) |                                  |
+| 'autograd'  | the same VJP by plain autograd, nothing recomputed (the      | every step's activations         |
+|             | reference the other modes are tested against)                |                                  |
+| 'adjoint'   | VP-SDE only: the continuous adjoint, states reconstructed in | O(1)                             |
+|             | reverse time with the replayed Brownian increments           |                                  |
+| 'surrogate' | value from the defence, exact gradient of a cheaper purifier | as 'full', for the surrogate     |
+| 'bpda'      | identity: ∂x_pur/∂x := I (a weaker attack)                   | none                             |
+| 'none'      | nothing: the output is detached (defence-only runs)          | none                             |
+
+Fixed noise (deterministic white-box) is not a mode but a seed: `Purifier(fixed_noise_seed=...)`,
+`PurifiedClassifier(seed=...)`, or explicit per-sample seeds; every mode replays the same noise for the same seeds.
+Model weights are frozen in every mode: gradients flow to the input only.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch.autograd.function import once_differentiable
+
+GRAD_MODES = ("full", "autograd", "adjoint", "surrogate", "bpda", "none")
+GRAD_LABELS = {
+    "full": "full (exact backprop through every step, per-step recompute)",
+    "autograd": "autograd (exact backprop, plain unrolled graph)",
+    "adjoint": "adjoint (DiffPure-compatible)",
+    "surrogate": "surrogate (value from the defence, exact gradient of the surrogate purifier)",
+    "bpda": "bpda (identity backward; a weaker attack than exact gradients)",
+    "none": "none (no gradient)",
+}
+
+
+def check_mode(mode: str) -> str:
+    if mode not in GRAD_MODES:
+        raise ValueError(f"unknown grad mode {mode!r}; expected one of {', '.join(GRAD_MODES)}")
+    return mode
+
+
+# ---------------------------------------------------------------------------------------------- full: per-step recompute
+class _RecomputedStep(torch.autograd.Function):
+    """out = body(u), storing only u.  Backward re-runs body(u) with a graph, then takes its VJP.
+
+    `context` is the tensor guidance was bound to (x_in) and `leaf` a detached leaf copy the hook actually closes
+    over, so guidance terms that depend on x_in (targets, features) get their gradient without torch ever having
+    to see through the closure: the VJP w.r.t. `leaf` is returned as the gradient of `context`.
+    """
+
+    @staticmethod
+    def forward(ctx, body, u, context, leaf):
+        ctx.body, ctx.leaf = body, leaf
+        ctx.save_for_backward(u)
+        # Forward runs without a graph (autograd.Function forward is no-grad); guidance hooks still take their own
+        # local autograd.grad inside, which is why torch's non-reentrant checkpoint cannot be used here.
+        return body(u)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        (u,) = ctx.saved_tensors
+        want_ctx = ctx.leaf is not None and ctx.needs_input_grad[2]
+        with torch.enable_grad():
+            uu = u.detach().requires_grad_(True)
+            out = ctx.body(uu)
+            inputs = (uu, ctx.leaf) if want_ctx else (uu,)
+            # retain_graph: the leaf's own graph (e.g. φ features of x_in) is shared by every step's recompute.
+            grads = torch.autograd.grad(out, inputs, grad, retain_graph=want_ctx, allow_unused=True)
+        gu = grads[0] if grads[0] is not None else torch.zeros_like(u)
+        return None, gu, grads[1] if want_ctx else None, None
+
+
+class StepCheckpoint:
+    """Callable `(body, u) → body(u)` for the samplers' `checkpoint=` argument: 'full' mode's per-step recompute.
+
+    context: the tensor the guidance hook is bound to (x_in), or None.  Bind the hook to `.leaf`, not to context.
+    """
+
+    def __init__(self, context: torch.Tensor | None = None):
+        self.context = context
+        self.leaf = None if context is None else context.detach().requires_grad_(context.requires_grad)
+
+    def __call__(self, body: Callable[[torch.Tensor], torch.Tensor], u: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return body(u)
+        return _RecomputedStep.apply(body, u, self.context, self.leaf)
+
+
+# ---------------------------------------------------------------------------------------------- adjoint (VP-SDE)
+class _VPSDEAdjoint(torch.autograd.Function):
+    """Euler–Maruyama over the grid forward; the continuous adjoint backward (DiffPure's sdeint_adjoint, inputs only).
+
+    Forward step j (coefficient row [.., p1, p2, σ, ..]):  u_{j+1} = p1·u_j + p2·ε(u_j, s_j) + σ·z_j.
+    Backward, j = n−1 … 0, one network forward + VJP per step, at the reconstructed state v = u_{j+1}:
+        u_j ≈ (u_{j+1} − p2·ε(v, s_j) − σ·z_j) / p1       (reverse-time EM, the same Brownian increment z_j)
+        a_j  = p1·a_{j+1} + p2·(∂ε/∂u (v, s_j))ᵀ a_{j+1}
+    The noise is additive (σ does not depend on u), so Itô and Stratonovich adjoints agree.  Both the state and the
+    Jacobian are taken at u_{j+1} instead of u_j: an O(dt) error that vanishes as dt → 0 (the solver error of §9).
+    """
+
+    @staticmethod
+    def forward(ctx, u, run, reverse):
+        ctx.reverse = reverse
+        out = run(u)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        (u,) = ctx.saved_tensors
+        return ctx.reverse(u, grad), None, None
+
+
+def vpsde_adjoint(model, u: torch.Tensor, grid: list[float], coef: torch.Tensor, seeds: torch.Tensor, round: int,
+                  run: Callable[[torch.Tensor], torch.Tensor], backend: str | None = None) -> torch.Tensor:
+    """The VP-SDE sampler `run(u)` with an O(1)-memory adjoint backward (gradient for u only, weights frozen)."""
+    from . import ops
+    from .reference.philox import STEP
+
+    rows = coef.tolist()  # host copy once: the backward loop reads Python floats, never syncs per step
+
+    def reverse(u_end: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        v = u_end.detach()
+        a = a.to(v.dtype)
+        for j in range(len(grid) - 2, -1, -1):
+            _, _, _, p1, p2, sigma, _ = rows[j]
+            with torch.enable_grad():
+                vv = v.requires_grad_(True)
+                eps = model.eps_at_time(vv, grid[j])
+                (vjp,) = torch.autograd.grad(eps, vv, a)
+            z = ops.normal(seeds, tuple(v.shape), step=j, purpose=STEP, round=round, backend=backend).to(v.dtype)
+            v = ((v - p2 * eps.detach() - sigma * z) / p1).detach()
+            a = p1 * a + p2 * vjp
+        return a
+
+    return _VPSDEAdjoint.apply(u, run, reverse)
+
+
+# ---------------------------------------------------------------------------------------------- straight-through modes
+def straight_through(value: torch.Tensor, grad_path: torch.Tensor) -> torch.Tensor:
+    """Forward = value (detached), backward = the gradient of grad_path.  bpda: grad_path = x (identity);
+    surrogate: grad_path = the surrogate purifier's output."""
+    return value.detach() + (grad_path - grad_path.detach())
+
+
+def saved_bytes(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Run fn() and count the bytes autograd keeps for backward (unique storages), e.g. to check that 'full' stores
+    one state per step.  Returns (fn's output, bytes)."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(seen.values())
