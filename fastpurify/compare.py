@@ -44,7 +44,7 @@ def evaluate_method(name, purifier, clf, x, y, cfg: PGDConfig, n_eval: int, seed
            "robust": {k: robust[k] for k in ("mean", "worst", "majority")},
            "clean_ci95": wilson_ci(clean["mean"], len(x)), "robust_ci95": wilson_ci(robust["mean"], len(x)),
            "seconds_per_image_purify": round(t_clean / max(1, clean["n"]) / len(x), 4),
-           "grad_mode": "autograd" if purifier is not None else "exact (no purifier)"}
+           "grad_mode": "exact (no purifier)"}
     if purifier is not None:
         out.update(purifier.describe())
         out["method"] = name

@@ -43,7 +43,8 @@ class MethodPurifier(nn.Module):
                                                                                                round=round)
 
     def describe(self) -> dict:
-        return {"method": self.name, **self.info}
+        first = self.inner.rounds[0] if isinstance(self.inner, MultiRound) else self.inner
+        return {"method": self.name, **self.info, **first.grad_config()}
 
 
 def build_method(name: str, model, aux: nn.Module | None = None, *, t_star=None, settings: dict | None = None,
