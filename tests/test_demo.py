@@ -1,24 +1,34 @@
 import json
 
+import pytest
 import torch
 
 from fastpurify.demo import format_table, run_demo, wilson_ci
+from tests.utils import one_torch_thread  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small tensors: OpenMP workers only stall on 2 shared cores
 
 
 def test_demo_writes_report_and_grid(tmp_path):
     """A tiny run of the demo pipeline (the full demo is `fastpurify demo`); numbers are real, only smaller."""
-    report = run_demo(tmp_path, n=6, eps=0.1, steps=2, eot=1, n_eval=2, preset="ddim", steps_undefended=5)
+    report = run_demo(tmp_path, n=6, eps=0.1, steps=2, eot=1, n_eval=2, preset="ddim", steps_undefended=5,
+                      sanity_n=3, sanity_steps=1)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["results"] == json.loads(json.dumps(report["results"]))
-    methods = [r["method"] for r in saved["results"]]
-    assert methods == ["none", "ddim"]
+    assert [(r["method"], r["grad_mode"]) for r in saved["results"]] == [
+        ("none", "autograd"), ("ddim", "full"), ("ddim-bpda", "bpda")]
     for r in saved["results"]:
         assert 0 <= r["clean_acc"] <= 1 and 0 <= r["robust_acc"] <= 1
-    pur = saved["results"][1]
-    assert pur["grad_mode"] == "autograd" and pur["robust"]["worst"] <= pur["robust"]["mean"]
-    assert len(pur["per_sample"]["adv_preds"]) == 6 and len(pur["per_sample"]["adv_preds"][0]) == 2
+    for pur in saved["results"][1:]:
+        assert pur["robust"]["worst"] <= pur["robust"]["mean"] <= 1 and "majority" in pur["robust"]
+        assert len(pur["per_sample"]["adv_preds"]) == 6 and len(pur["per_sample"]["adv_preds"][0]) == 2
+    assert "bpda" in saved["results"][2]["grad_label"] and saved["results"][1]["attack_stats"]["loss"]
+    names = [c["name"] for c in saved["sanity"]["checks"]]
+    assert names == ["undefended_near_zero", "large_eps_near_zero", "bpda_not_stronger", "no_zero_gradients"]
+    assert saved["sanity"]["large_eps"]["n_examples"] == 3
     assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "ddim" in format_table(saved)
+    table = format_table(saved)
+    assert "ddim-bpda" in table and "grad=full" in table and "no_zero_gradients" in table
 
 
 def test_pgd_breaks_the_undefended_classifier():
