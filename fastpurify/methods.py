@@ -15,13 +15,15 @@ from .api import Purifier
 from .ensemble import MultiRound
 from .guidance import AGDMConfig, AGDMGuidance, GDMPConfig, GDMPGuidance
 
-# Digits (embedded model): t* in steps of 1000; guidance scales tuned on the validation split (see compare.py).
+# Digits (embedded model): t* in steps of 1000.  Guidance scales from `fastpurify compare --tune` on the validation
+# split (benchmarks/results/cpu/compare/report.json, "tuning"): AGDM s ∈ {0, 3e3, 1e4, 3e4} → 3e3 (robust ties,
+# smallest kept); GDMP-MSE a ∈ {1e4, 1e5, 3e5} → 1e4 (robustness fell as a grew).  GDMP-SSIM reuses a, untuned.
 DIGITS = {
     "diffpure": dict(preset="diffpure"),
-    "agdm": dict(preset="agdm", agdm=AGDMConfig(scale=2000.0, feature_layer="features")),
-    "gdmp-mse": dict(preset="gdmp", rounds=2, gdmp=GDMPConfig(distance="mse", guide_scale=300.0, ptb=0.15 * 255,
+    "agdm": dict(preset="agdm", agdm=AGDMConfig(scale=3000.0, feature_layer="features")),
+    "gdmp-mse": dict(preset="gdmp", rounds=2, gdmp=GDMPConfig(distance="mse", guide_scale=1e4, ptb=0.15 * 255,
                                                             reduction="per_sample_mean")),
-    "gdmp-ssim": dict(preset="gdmp", rounds=2, gdmp=GDMPConfig(distance="ssim", guide_scale=300.0, ptb=0.15 * 255,
+    "gdmp-ssim": dict(preset="gdmp", rounds=2, gdmp=GDMPConfig(distance="ssim", guide_scale=1e4, ptb=0.15 * 255,
                                                              reduction="per_sample_mean")),
     "multiround": dict(rounds_t=[30, 30, 50]),
 }
