@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     for name in a.models.split(","):
         for mode in a.modes.split(","):
             r = subprocess.run([sys.executable, __file__, "--child", name, mode, "--threads", str(a.threads)],
-                               capture_output=True, text=True)
+                               capture_output=True, text=True, check=False)
             line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
             if r.returncode or not line:
                 raise RuntimeError(f"{name}/{mode} failed:\n{r.stderr[-3000:]}")
@@ -147,7 +147,8 @@ def main(argv=None) -> int:
                 r["peak_rss_vs_forward"] = r["peak_rss_mib"] / fwd["peak_rss_mib"]
                 r["peak_above_base_vs_forward"] = r["peak_above_base_mib"] / max(fwd["peak_above_base_mib"], 1e-9)
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=False).stdout.strip()
     except OSError:
         commit = ""
     import torch

@@ -5,8 +5,16 @@ import pytest
 import torch
 
 from fastpurify import PurifiedClassifier, Purifier
-from fastpurify.attacks import (PGDConfig, as_forward, eot_gradient, pgd_eot, reevaluate, run_autoattack,
-                                sanity_checks, zero_gradient_fraction)
+from fastpurify.attacks import (
+    PGDConfig,
+    as_forward,
+    eot_gradient,
+    pgd_eot,
+    reevaluate,
+    run_autoattack,
+    sanity_checks,
+    zero_gradient_fraction,
+)
 from fastpurify.models import EpsDiffusion, SmallCNN, SmallUNet
 from tests.utils import one_torch_thread  # noqa: F401  (fixture)
 

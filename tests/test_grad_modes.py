@@ -83,7 +83,7 @@ def test_adjoint_converges_to_full_as_dt_shrinks(model64):
     errs = []
     for steps in (10, 40):
         _, g_full = _value_and_grad(Purifier(model64, "diffpure", t_star=0.02, steps=steps, grad="full"), x, w)
-        v_adj, g_adj = _value_and_grad(Purifier(model64, "diffpure", t_star=0.02, steps=steps, grad="adjoint"), x, w)
+        _, g_adj = _value_and_grad(Purifier(model64, "diffpure", t_star=0.02, steps=steps, grad="adjoint"), x, w)
         errs.append(float((g_adj - g_full).norm() / g_full.norm()))
     assert errs[0] <= 1e-2 and errs[1] <= 3e-3 and errs[1] < errs[0] / 2.5, errs
 
@@ -105,8 +105,8 @@ def test_full_stores_one_state_per_step(model64):
     counts = {}
     for mode in ("full", "autograd"):
         for k in (10, 20):
-            xr = x.clone().requires_grad_(True)
-            counts[mode, k] = saved_bytes(lambda: Purifier(model64, "ddpm", t_star=k, grad=mode)(xr, seed=0))[1]
+            pur, xr = Purifier(model64, "ddpm", t_star=k, grad=mode), x.clone().requires_grad_(True)
+            counts[mode, k] = saved_bytes(lambda pur=pur, xr=xr: pur(xr, seed=0))[1]
     per_step = (counts["full", 20] - counts["full", 10]) / 10
     assert per_step <= 1.1 * state + 64  # the state, a coefficient-row view and the step counter
     assert counts["autograd", 20] > 20 * counts["full", 20]
