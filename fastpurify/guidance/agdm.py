@@ -85,13 +85,14 @@ class AGDMGuidance:
 
         return guidance
 
-    def _view(self, u, eps, i, model, sched, outer):
+    def _view(self, u, eps, i, model, sched, outer):  # noqa: ARG002  (outer kept for symmetry with callers)
         if self.cfg.view == "x_t":
             return (u + 1) / 2
         abar = sched.abar(i)
         if self.cfg.tweedie_jacobian == "exact":
             eps = model.eps_at_index(u, i)  # recomputed with a graph to u: the gradient flows through ε_θ
         else:
-            eps = eps if outer else eps.detach()  # ∂x̂₀/∂u ≈ 1/√ᾱ_i
+            eps = eps.detach()  # ∂x̂₀/∂u ≈ 1/√ᾱ_i; ε treated as a constant in every pass, so values never depend
+            # on whether gradients are on (the `full` recompute must reproduce the forward exactly)
         x0 = (u - math.sqrt(1 - abar) * eps) / math.sqrt(abar)
         return (x0.clamp(-1, 1) + 1) / 2
