@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import AttentionBase, Conv1d, Conv2d, GroupNorm32, Linear, attention, set_torso_dtype, sinusoidal_embedding
+from .layers import Upsample
 
 # guided-diffusion README "256x256 model (unconditional)" = NVlabs/DiffPure:configs/imagenet.yml.
 ADM_256_UNCOND = dict(image_size=256, in_channels=3, model_channels=256, out_channels=6, num_res_blocks=2,
@@ -89,15 +90,6 @@ class Downsample(nn.Module):
 
     def forward(self, x):
         return self.op(x)
-
-
-class Upsample(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.conv = Conv2d(c, c, 3, padding=1)
-
-    def forward(self, x):
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class EmbedSequential(nn.ModuleList):

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import AttentionBase, Conv2d, GroupNorm32, Linear, attention, set_torso_dtype, sinusoidal_embedding
+from .layers import Upsample
 
 # pesser/pytorch_diffusion `ema_cifar10` and SDEdit / DiffPure `celeba_hq.ckpt` (CHECKPOINTS.md §4).
 DDPM_CIFAR10 = dict(resolution=32, in_channels=3, out_ch=3, ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2,
@@ -64,15 +65,6 @@ class Downsample(nn.Module):
 
     def forward(self, x):
         return self.conv(F.pad(x, (0, 1, 0, 1)))  # asymmetric "SAME" padding of the TF original
-
-
-class Upsample(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.conv = Conv2d(c, c, 3, padding=1)
-
-    def forward(self, x):
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class DDPMModel(nn.Module):

@@ -130,6 +130,17 @@ def set_attention_backend(module: nn.Module, name: str) -> nn.Module:
     return module
 
 
+class Upsample(nn.Module):
+    """Nearest ×2 then a 3×3 conv: the same module (and key `conv`) in guided-diffusion's ADM and the DDPM Model."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv = Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
 class NIN(nn.Module):
     """score_sde's 1×1 'network in network' layer: y = x·W + b over channels; W has shape (in, out)."""
 
