@@ -30,10 +30,10 @@ import torch
 
 import fastpurify
 from fastpurify import ops
-from fastpurify._registry import backends_for
-from fastpurify.reference.forward_diffusion import forward_diffuse_bwd_ref, forward_diffuse_ref
-from fastpurify.reference.philox import STEP
-from fastpurify.reference.sampler_step import guidance_accumulate_ref, sampler_step_bwd_ref, sampler_step_ref
+from fastpurify.ops.registry import backends_for
+from fastpurify.ops.reference.forward_diffusion import forward_diffuse_bwd_ref, forward_diffuse_ref
+from fastpurify.ops.reference.philox import STEP
+from fastpurify.ops.reference.sampler_step import guidance_accumulate_ref, sampler_step_bwd_ref, sampler_step_ref
 
 DEVICE = os.environ.get("FASTPURIFY_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -63,7 +63,7 @@ def _info() -> dict:
 
 
 def _has_cuda_build() -> bool:
-    code = "from fastpurify import _ext; print(_ext.has_cuda_kernels())"
+    code = "from fastpurify.ops import _ext; print(_ext.has_cuda_kernels())"
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     return p.stdout.strip() == "True"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 
 COMMANDS = {
-    "demo": ("fastpurify.demo", "attack and purify on the embedded digits models; writes report.json and grid.png"),
-    "compare": ("fastpurify.compare", "none / diffpure / gdmp / agdm / multiround under the same attack (digits)"),
+    "demo": ("fastpurify.evaluation.demo", "attack and purify on the embedded digits models; writes report.json and grid.png"),
+    "compare": ("fastpurify.evaluation.compare", "none / diffpure / gdmp / agdm / multiround under the same attack (digits)"),
     "train-digits": ("fastpurify.zoo.train_digits", "retrain the embedded digits DDPM and classifier"),
     "train-aux": ("fastpurify.zoo.train_aux", "TRADES-train the auxiliary network for adversarial guidance (AGDM)"),
     "info": ("fastpurify.info", "versions, build and available backends (--json)"),

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .api import per_sample_seeds
-from .reference.philox import derive_seeds
+from .ops.reference.philox import derive_seeds
 
 AGGREGATIONS = ("logits", "softmax", "vote")
 _RUN_SALT = 3 << 40

@@ -120,7 +120,7 @@ def vpsde_adjoint(model, u: torch.Tensor, grid: list[float], coef: torch.Tensor,
                   run: Callable[[torch.Tensor], torch.Tensor], backend: str | None = None) -> torch.Tensor:
     """The VP-SDE sampler `run(u)` with an O(1)-memory adjoint backward (gradient for u only, weights frozen)."""
     from . import ops
-    from .reference.philox import STEP
+    from .ops.reference.philox import STEP
 
     rows = coef.tolist()  # host copy once: the backward loop reads Python floats, never syncs per step
 

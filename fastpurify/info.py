@@ -9,8 +9,9 @@ import platform
 
 def available_backends() -> dict[str, dict]:
     """{backend: {'available': bool, 'reason': str | None, 'ops': [...]}} for torch, cpu (C++), triton, cuda."""
-    from . import _ext, ops  # noqa: F401  (registers the ops)
-    from ._registry import _REGISTRY
+    from . import ops
+    from .ops import _ext  # noqa: F401  (registers the ops)
+    from .ops.registry import _REGISTRY
 
     reasons = {"torch": None, "cpu": _ext.load_error(), "triton": _ext.triton_error(), "cuda": _ext.cuda_error()}
     out = {}
@@ -25,7 +26,8 @@ def available_backends() -> dict[str, dict]:
 def info() -> dict:
     import torch
 
-    from . import __version__, _ext
+    from . import __version__
+    from .ops import _ext
 
     try:
         import triton

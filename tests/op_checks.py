@@ -15,9 +15,9 @@ from functools import lru_cache
 import torch
 
 from fastpurify import ops
-from fastpurify.reference.forward_diffusion import forward_diffuse_ref
-from fastpurify.reference.philox import STEP, derive_seeds
-from fastpurify.reference.sampler_step import guidance_accumulate_ref, sampler_step_ref
+from fastpurify.ops.reference.forward_diffusion import forward_diffuse_ref
+from fastpurify.ops.reference.philox import STEP, derive_seeds
+from fastpurify.ops.reference.sampler_step import guidance_accumulate_ref, sampler_step_ref
 from fastpurify.samplers.ddim import ddim_coefficients
 from fastpurify.samplers.ddpm import ddpm_coefficients
 from fastpurify.samplers.schedules import get_ddpm_schedule, get_vpsde_schedule, respaced_indices, vpsde_grid

@@ -7,7 +7,7 @@ import fastpurify
 from fastpurify import PurifiedClassifier, Purifier, purify
 from fastpurify.models import EpsDiffusion, SmallCNN, SmallUNet
 from fastpurify.presets import preset_names, resolve
-from fastpurify.reference.philox import derive_seeds
+from fastpurify.ops.reference.philox import derive_seeds
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from fastpurify.compare import format_table, run_compare
+from fastpurify.evaluation.compare import format_table, run_compare
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastpurify import _ext
+from fastpurify.ops import _ext
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_SOURCES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))

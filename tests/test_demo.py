@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from fastpurify.demo import format_table, run_demo, wilson_ci
+from fastpurify.evaluation.demo import format_table, run_demo, wilson_ci
 from tests.utils import one_torch_thread  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small tensors: OpenMP workers only stall on 2 shared cores

@@ -13,7 +13,7 @@ from fastpurify.ensemble import EnsembleClassifier, MultiRound
 from fastpurify.guidance import AGDMConfig, AGDMGuidance, GDMPConfig, GDMPGuidance, feature_distance, mse, ssim
 from fastpurify.guidance.terms import class_log_prob
 from fastpurify.models import EpsDiffusion, SmallCNN, SmallUNet
-from fastpurify.reference.philox import GUIDANCE_TARGET, derive_seeds, normal_ref
+from fastpurify.ops.reference.philox import GUIDANCE_TARGET, derive_seeds, normal_ref
 
 
 @pytest.fixture(scope="module")

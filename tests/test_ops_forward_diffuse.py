@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from fastpurify import ops
-from fastpurify.reference.forward_diffusion import forward_diffuse_ref
-from fastpurify.reference.philox import derive_seeds
+from fastpurify.ops.reference.forward_diffusion import forward_diffuse_ref
+from fastpurify.ops.reference.philox import derive_seeds
 from tests import op_checks as C
 from tests.utils import (assert_close_verbose, available_backends_for, backend_dtype_pairs,  # noqa: F401
                          one_torch_thread)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from fastpurify import ops
-from fastpurify.reference.philox import STEP, normal_ref
-from fastpurify.reference.sampler_step import guidance_accumulate_ref, sampler_step_ref
+from fastpurify.ops.reference.philox import STEP, normal_ref
+from fastpurify.ops.reference.sampler_step import guidance_accumulate_ref, sampler_step_ref
 from tests import op_checks as C
 from tests.utils import available_backends_for, backend_dtype_pairs, one_torch_thread  # noqa: F401
 
@@ -174,6 +174,6 @@ def _opcheck_cases():
 @pytest.mark.skipif("cpu" not in STEP_BACKENDS, reason="fastpurify._C not built")
 @pytest.mark.parametrize("op", list(_opcheck_cases()))
 def test_compiled_ops_pass_opcheck(op):
-    """Schemas, fake (shape-only) kernels and AOT dispatch agree with the C++ kernels (fastpurify/_fake.py)."""
+    """Schemas, fake (shape-only) kernels and AOT dispatch agree with the C++ kernels (fastpurify/ops/fake.py)."""
     result = torch.library.opcheck(getattr(torch.ops.fastpurify, op).default, _opcheck_cases()[op])
     assert set(result.values()) == {"SUCCESS"}, result

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from fastpurify import ops
-from fastpurify.reference.philox import derive_seeds, normal_ref, philox4x32
+from fastpurify.ops.reference.philox import derive_seeds, normal_ref, philox4x32
 from tests.utils import assert_close_verbose, available_backends_for
 
 M = 0xFFFFFFFF

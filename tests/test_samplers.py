@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from fastpurify.reference.philox import derive_seeds, normal_ref
+from fastpurify.ops.reference.philox import derive_seeds, normal_ref
 from fastpurify.samplers import NoiseStreams, sample_ddim, sample_ddpm, sample_vpsde, vpsde_grid
 from fastpurify.samplers.schedules import get_ddpm_schedule, get_vpsde_schedule
 

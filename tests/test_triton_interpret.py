@@ -10,8 +10,9 @@ except one realistic case per op.
 import pytest
 import torch
 
-from fastpurify import _ext, ops
-from fastpurify._registry import backends_for
+from fastpurify import ops
+from fastpurify.ops import _ext
+from fastpurify.ops.registry import backends_for
 from tests import op_checks as C
 from tests.utils import one_torch_thread  # noqa: F401  (fixture)
 

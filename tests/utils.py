@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fastpurify import ops  # noqa: F401  (registers the ops)
-from fastpurify._registry import backends_for
+from fastpurify.ops.registry import backends_for
 from fastpurify.samplers.schedules import get_ddpm_schedule, get_vpsde_schedule
 
 

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..reference.philox import FORWARD, derive_seeds
+from ..ops.reference.philox import FORWARD, derive_seeds
 
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .. import ops
-from ..reference.philox import GUIDANCE_TARGET
+from ..ops.reference.philox import GUIDANCE_TARGET
 from .terms import mse, ssim
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from ..imageio import image_grid, write_png
-from ..reference.philox import FORWARD, derive_seeds, normal_ref
+from ..ops.reference.philox import FORWARD, derive_seeds, normal_ref
 from ..samplers import NoiseStreams, sample_ddpm
 
 

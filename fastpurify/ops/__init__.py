@@ -1,4 +1,4 @@
-"""Fused ops: one public function each; it picks a backend (_registry.py, _backends.py) and runs one autograd.Function.
+"""Fused ops: one public function each; it picks a backend (registry.py, backends.py) and runs one autograd.Function.
 
 forward_diffuse(x0, a, s, t, seeds)      x_t = a[t]·x0 + s[t]·ξ(seeds, step, purpose, round)
 sampler_step(x, eps, coef, k, seeds, g)  one reverse step of any sampler family, noise and guidance fused
@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import _backends  # noqa: F401  (registers every op × backend)
-from ._registry import select
+from . import backends  # noqa: F401  (registers every op × backend)
+from .registry import select
 from .reference.philox import FORWARD, STEP
 from .reference.sampler_step import N_COEF, guidance_weights_ref
 

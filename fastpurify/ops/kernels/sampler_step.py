@@ -1,4 +1,4 @@
-"""Triton fused reverse step and guidance accumulation.  Spec: fastpurify/reference/sampler_step.py.
+"""Triton fused reverse step and guidance accumulation.  Spec: fastpurify/ops/reference/sampler_step.py.
 
 Row c = coef[k] = [q0, q1, p0, p1, p2, σ, s_g], read on the device from the 0-dim step index k:
     x̂0 = q0·x − q1·ε (clamped to [−1, 1] if CLIP)

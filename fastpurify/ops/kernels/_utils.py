@@ -1,4 +1,4 @@
-"""Shared Triton pieces: the Philox normal (spec: fastpurify/reference/philox.py), launch configs, device guard."""
+"""Shared Triton pieces: the Philox normal (spec: fastpurify/ops/reference/philox.py), launch configs, device guard."""
 
 from __future__ import annotations
 

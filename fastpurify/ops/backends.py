@@ -1,6 +1,6 @@
 """Every op × backend: the torch reference, the C++ CPU kernels, Triton (fastpurify/kernels) and CUDA (csrc/cuda).
 
-Each entry declares devices, dtypes and `available()` (STYLE.md §2.3); ops.py picks one through _registry.select.
+Each entry declares devices, dtypes and `available()` (STYLE.md §2.3); ops/__init__.py picks one through registry.select.
 The C++ and CUDA backends call the same `torch.ops.fastpurify.*` schemas: the dispatcher runs the kernel of the
 inputs' device.  Triton modules are imported on first use, so `import fastpurify` never imports Triton.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from . import _ext
-from ._registry import Backend, register
+from .registry import Backend, register
 from .reference.forward_diffusion import forward_diffuse_bwd_ref, forward_diffuse_ref
 from .reference.philox import normal_ref
 from .reference.sampler_step import (

@@ -11,13 +11,13 @@ from functools import lru_cache
 def load_error() -> str | None:
     """None when `fastpurify._C` is loaded (its ops are in torch.ops.fastpurify), else why not and how to fix it."""
     try:
-        from . import _C  # noqa: F401  (importing registers the TORCH_LIBRARY ops)
+        from .. import _C  # noqa: F401  (importing registers the TORCH_LIBRARY ops)
     except ImportError as e:
         return (f"fastpurify._C is not built ({e}); build it with "
                 "`pip install --no-build-isolation -e .` (see README, 'Build')")
-    from . import _fake
+    from . import fake
 
-    _fake.register()
+    fake.register()
     return None
 
 

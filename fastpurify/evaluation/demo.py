@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from .api import Purifier
-from .attacks import PGDConfig, large_eps_accuracy, pgd_eot, reevaluate, sanity_checks
-from .grad import GRAD_LABELS
-from .imageio import image_grid, write_png
+from ..api import Purifier
+from ..attacks import PGDConfig, large_eps_accuracy, pgd_eot, reevaluate, sanity_checks
+from ..grad import GRAD_LABELS
+from ..imageio import image_grid, write_png
 
 
 def wilson_ci(p: float, n: int, z: float = 1.96) -> list[float]:
@@ -75,8 +75,8 @@ def run_demo(out: Path, *, n: int = 64, eps: float = 0.15, steps: int = 10, step
              eot: int = 2, n_eval: int = 10, preset: str = "diffpure", t_star=None, seed: int = 0,
              steps_undefended: int = 50, threads: int | None = None, sanity_n: int = 16, sanity_eps: float = 0.5,
              sanity_steps: int = 5) -> dict:
-    from . import __version__
-    from .zoo import digits
+    from .. import __version__
+    from ..zoo import digits
 
     if threads:
         torch.set_num_threads(threads)

@@ -1,5 +1,5 @@
 """Triton forward diffusion: x_t = a[t_b]·x0 + s[t_b]·ξ(seeds[b], step, purpose, round), and its backward.
-Spec: fastpurify/reference/forward_diffusion.py.  Grid: (sample b, block of its n elements); fp32 registers."""
+Spec: fastpurify/ops/reference/forward_diffusion.py.  Grid: (sample b, block of its n elements); fp32 registers."""
 
 from __future__ import annotations
 

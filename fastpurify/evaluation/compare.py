@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from .attacks import PGDConfig, pgd_eot, reevaluate
+from ..attacks import PGDConfig, pgd_eot, reevaluate
+from ..methods import DIGITS, build_method, with_scale
 from .demo import wilson_ci
-from .methods import DIGITS, build_method, with_scale
 
 METHODS = ("none", "diffpure", "gdmp-mse", "agdm", "multiround")
 
@@ -95,8 +95,8 @@ def _plot(path_cmp: Path, path_t: Path, results: list[dict], sweep: dict) -> boo
 
 def run_compare(out: Path, *, n: int = 32, eps: float = 0.15, steps: int = 5, eot: int = 1, n_eval: int = 5,
                 methods=METHODS, t_sweep=(30, 70, 100), do_tune: bool = False, seed: int = 0) -> dict:
-    from . import __version__
-    from .zoo import digits, digits_aux
+    from .. import __version__
+    from ..zoo import digits, digits_aux
 
     t_start = time.time()
     models, aux = digits(), digits_aux()

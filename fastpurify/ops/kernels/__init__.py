@@ -1,6 +1,6 @@
 """Triton backend: `_<op>_fwd_kernel`/`_<op>_bwd_kernel` (@triton.jit) behind `<op>_fwd`/`<op>_bwd` launchers.
 
-Imported on first use by fastpurify._backends, never by `import fastpurify`.  Under TRITON_INTERPRET=1 (set before
+Imported on first use by fastpurify.ops.backends, never by `import fastpurify`.  Under TRITON_INTERPRET=1 (set before
 Python starts) the kernels run in Triton's interpreter on CPU tensors: that is the CPU test lane.
 """
 
