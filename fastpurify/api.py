@@ -7,6 +7,7 @@ from torch import nn
 
 from . import ops
 from .grad import GRAD_LABELS, StepCheckpoint, check_mode, straight_through
+from .models.fast import describe_speed, fast_denoiser, speed_options
 from .presets import Preset, Resolved, resolve
 from .ops.reference.philox import FORWARD, derive_seeds
 from .samplers import NoiseStreams, respaced_indices, sample_ddim, sample_ddpm, sample_vpsde, vpsde_grid
@@ -51,11 +52,14 @@ class Purifier(nn.Module):
     steps, grad; t* defaults to the defence's) for one over the same model.  The defence value is returned, the surrogate's gradient used.
     fixed_noise_seed: an int makes every call without an explicit seed replay the same noise (deterministic
     white-box; per batch position, derive_seeds(seed, arange(B))).
+    compile, precision ('fp32' | 'bf16' | 'fp16'), channels_last: how the denoiser runs in the loop
+    (`fastpurify.models.fast`; None = the model's own defaults from load_diffusion, else off/fp32/off).
     """
 
     def __init__(self, model=None, preset: str | Preset = DEFAULT_PRESET, *, t_star=None, steps: int | None = None,
                  backend: str | None = None, guidance=None, grad: str = "full", surrogate=None,
-                 fixed_noise_seed: int | None = None):
+                 fixed_noise_seed: int | None = None, compile: bool | None = None, precision: str | None = None,
+                 channels_last: bool | None = None):
         super().__init__()
         if model is None:
             from .zoo import digits
@@ -93,6 +97,9 @@ class Purifier(nn.Module):
         device = next(self.model.parameters()).device
         self.register_buffer("sqrt_abar", abar.sqrt().float().to(device), persistent=False)
         self.register_buffer("sqrt_1m_abar", (1 - abar).sqrt().float().to(device), persistent=False)
+        # The denoiser the samplers drive: the model, or its compiled / autocast / channels_last FastDenoiser.
+        self.speed = speed_options(self.model, compile, precision, channels_last)
+        self.denoiser = fast_denoiser(self.model, self.speed)
 
     def extra_repr(self) -> str:
         c = self.config
@@ -104,6 +111,9 @@ class Purifier(nn.Module):
              "defense": self.config.as_dict()}
         if self.surrogate is not None:
             d["surrogate"] = {**self.surrogate.config.as_dict(), "grad_mode": self.surrogate.grad}
+        d["speed"] = describe_speed(self.speed, next(self.model.parameters()).device,
+                                    getattr(self.denoiser, "compile_seconds", None))
+        d["precision"] = self.speed.precision
         return d
 
     def forward(self, x: torch.Tensor, seed=None, round: int = 0, grad: str | None = None) -> torch.Tensor:
@@ -133,6 +143,7 @@ class Purifier(nn.Module):
     def _purify(self, x: torch.Tensor, seeds: torch.Tensor, round: int, mode: str) -> torch.Tensor:
         """The data path; mode 'autograd' (plain graph, or none under no_grad), 'full' or 'adjoint'."""
         m, cfg, p = self.model, self.config, self.config.preset
+        den = self.denoiser  # the samplers' view of m (compiled / autocast when asked); guidance sees m itself
         dtype, B = next(m.parameters()).dtype, x.shape[0]
         # Forward diffusion to t*: ᾱ_{k−1} (canonical rule), noise stream FORWARD.
         u = (2.0 * x - 1.0).to(dtype)
@@ -149,15 +160,15 @@ class Purifier(nn.Module):
         # Reverse process.
         if p.sampler == "vpsde":
             dt = p.dt if cfg.steps is None else (cfg.s_star - p.s_end) / cfg.steps
-            u = sample_vpsde(m, u, vpsde_grid(cfg.s_star, dt, p.s_end), noise=noise, sde=get_vpsde_schedule(),
+            u = sample_vpsde(den, u, vpsde_grid(cfg.s_star, dt, p.s_end), noise=noise, sde=get_vpsde_schedule(),
                              backend=self.backend, checkpoint=ckpt, adjoint=mode == "adjoint")
         elif p.sampler == "ddpm" and cfg.steps in (None, cfg.k):
-            u = sample_ddpm(m, u, list(range(cfg.k - 1, -1, -1)), noise=noise, variance=p.variance, clip_x0=p.clip_x0,
+            u = sample_ddpm(den, u, list(range(cfg.k - 1, -1, -1)), noise=noise, variance=p.variance, clip_x0=p.clip_x0,
                             guidance=hook, backend=self.backend, checkpoint=ckpt)
         else:  # ddim, or ddpm respaced (= η 1 on the subsequence)
             eta = 1.0 if p.sampler == "ddpm" else p.eta
             idx = respaced_indices(cfg.k, cfg.steps, p.respacing)
-            u = sample_ddim(m, u, idx, noise=noise, eta=eta, clip_x0=p.clip_x0, backend=self.backend, checkpoint=ckpt)
+            u = sample_ddim(den, u, idx, noise=noise, eta=eta, clip_x0=p.clip_x0, backend=self.backend, checkpoint=ckpt)
         out = (u + 1.0) / 2.0
         if p.clamp_output:
             out = out.clamp(0.0, 1.0)

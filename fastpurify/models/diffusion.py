@@ -29,13 +29,19 @@ class EpsDiffusion(nn.Module):
         self.image_size, self.channels, self.time_input, self.name = image_size, channels, time_input, name
         self.schedule = schedule or get_ddpm_schedule()
 
+    def tau_at_index(self, i: int) -> float:
+        """The network's time input at DDPM index i (a Python float: samplers never branch on tensors)."""
+        return float(i) if self.time_input == "index" else 999.0 * (i + 1) / 1000.0
+
+    def tau_at_time(self, s: float) -> float:
+        """The network's time input at continuous VP time s."""
+        return max(1000.0 * s - 1.0, 0.0) if self.time_input == "index" else 999.0 * s
+
     def eps_at_index(self, u: torch.Tensor, i: int) -> torch.Tensor:
-        tau = float(i) if self.time_input == "index" else 999.0 * (i + 1) / 1000.0
-        return self.net(u, torch.full((u.shape[0],), tau, device=u.device, dtype=torch.float32))
+        return self(u, torch.full((u.shape[0],), self.tau_at_index(i), device=u.device, dtype=torch.float32))
 
     def eps_at_time(self, u: torch.Tensor, s: float) -> torch.Tensor:
-        tau = max(1000.0 * s - 1.0, 0.0) if self.time_input == "index" else 999.0 * s
-        return self.net(u, torch.full((u.shape[0],), tau, device=u.device, dtype=torch.float32))
+        return self(u, torch.full((u.shape[0],), self.tau_at_time(s), device=u.device, dtype=torch.float32))
 
     def forward(self, u: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         return self.net(u, tau)

@@ -35,6 +35,7 @@ from .classifiers import DMWideResNet, ImageNetResNet50, WideResNet
 from .ddpm_model import DDPMModel
 from .diffusers_unet import DiffusersUNet2D, legacy_key_map
 from .ncsnpp import NCSNPP_CIFAR10, NCSNpp
+from .fast import SpeedOptions, precision_support
 from .pretrained import PretrainedDiffusion, parse_dtype
 
 DIFFUSION_KINDS = ("score_sde", "ncsnpp", "adm", "ddpm", "diffusers")
@@ -334,15 +335,19 @@ def _arch(kind: str, sd: dict, saved: dict | None, config: dict, path) -> tuple[
 
 def load_diffusion(path, kind: str | None = None, *, device="cpu", dtype=None, channels_last: bool = False,
                    attention: str = "sdpa", ema: bool = True, sha256: bool | str = True,
-                   index_at_time: str | None = None, **config) -> PretrainedDiffusion:
+                   index_at_time: str | None = None, compile: bool = False, precision: str = "fp32",
+                   **config) -> PretrainedDiffusion:
     """Load public diffusion weights into fastpurify's own modules; returns a `PretrainedDiffusion`.
 
     kind: None (detect) or one of DIFFUSION_KINDS.  dtype: None/'fp32', 'fp16' (ADM: guided-diffusion's fp16 torso),
     'bf16'.  attention: 'sdpa' | 'math' | 'xformers'.  ema: score_sde files — the EMA weights (default) or the raw
     'model' ones.  sha256: True records it in `.meta`, a hex string must match, False skips hashing.
     index_at_time: how an index-trained net is driven at continuous time (default: 'floor' for ADM, as DiffPure;
-    'shifted' otherwise).  **config overrides inferred or default hyper-parameters (image_size=, num_head_channels=).
+    'shifted' otherwise).  compile / precision ('fp32' | 'bf16' | 'fp16'): how every Purifier over this model runs
+    its denoiser by default (recorded as `model.speed`; `fastpurify.models.fast`).  **config overrides inferred or
+    default hyper-parameters (image_size=, num_head_channels=).
     """
+    speed = SpeedOptions(compile=compile, precision=precision, channels_last=channels_last)  # checks them first
     path = Path(path)
     if kind is not None and kind not in DIFFUSION_KINDS:
         raise ValueError(f"kind must be one of {DIFFUSION_KINDS} or None, got {kind!r}")
@@ -387,6 +392,8 @@ def load_diffusion(path, kind: str | None = None, *, device="cpu", dtype=None, c
         model.set_precision(dtype)
     if channels_last:
         model.set_channels_last(True)
+    precision_support(precision, torch.device(device))  # fp16 on a CPU without it: say so at load time
+    model.speed = speed
     return model.set_attention(attention)
 
 

@@ -83,22 +83,12 @@ class PretrainedDiffusion(EpsDiffusion):
         out = self.output(u, tau)
         return out if out.shape[1] == self.channels else out[:, :self.channels].contiguous()
 
-    def _tau(self, u: torch.Tensor, value: float) -> torch.Tensor:
-        return torch.full((u.shape[0],), value, device=u.device, dtype=torch.float32)
-
     def tau_at_time(self, s: float) -> float:
         if self.time_input == "continuous":
             return 999.0 * s  # score_sde get_score_fn: labels = t · (N − 1)
         if self.index_at_time == "floor":
             return float(math.floor(1000.0 * s + 1e-6))  # + 1e-6: grid values like 0.147 are 0.14699999…
         return max(1000.0 * s - 1.0, 0.0)
-
-    def eps_at_index(self, u: torch.Tensor, i: int) -> torch.Tensor:
-        tau = float(i) if self.time_input == "index" else 999.0 * (i + 1) / 1000.0
-        return self(u, self._tau(u, tau))
-
-    def eps_at_time(self, u: torch.Tensor, s: float) -> torch.Tensor:
-        return self(u, self._tau(u, self.tau_at_time(s)))
 
     def score_at_time(self, u: torch.Tensor, s: float) -> torch.Tensor:
         """∇_u log p_s(u) ≈ −ε/σ(s), σ(s) the VP-SDE marginal std (score_sde get_score_fn, continuous VP)."""
