@@ -11,6 +11,7 @@ from .models.fast import describe_speed, fast_denoiser, speed_options
 from .presets import Preset, Resolved, resolve
 from .ops.reference.philox import FORWARD, derive_seeds
 from .samplers import NoiseStreams, respaced_indices, sample_ddim, sample_ddpm, sample_vpsde, vpsde_grid
+from .samplers.graphed import GraphPlan
 from .samplers.schedules import get_vpsde_schedule
 from .validate import check_images, check_seed
 
@@ -54,12 +55,15 @@ class Purifier(nn.Module):
     white-box; per batch position, derive_seeds(seed, arange(B))).
     compile, precision ('fp32' | 'bf16' | 'fp16'), channels_last: how the denoiser runs in the loop
     (`fastpurify.models.fast`; None = the model's own defaults from load_diffusion, else off/fp32/off).
+    graphs: False | True | 'auto' | 'static': run through static buffers and replay a captured CUDA graph of the
+    whole purification (and of its 'full'/'autograd' backward); True raises where capture is impossible, 'auto'
+    falls back and records why, 'static' is the same path without capture (`fastpurify.samplers.graphed`).
     """
 
     def __init__(self, model=None, preset: str | Preset = DEFAULT_PRESET, *, t_star=None, steps: int | None = None,
                  backend: str | None = None, guidance=None, grad: str = "full", surrogate=None,
                  fixed_noise_seed: int | None = None, compile: bool | None = None, precision: str | None = None,
-                 channels_last: bool | None = None):
+                 channels_last: bool | None = None, graphs: bool | str = False):
         super().__init__()
         if model is None:
             from .zoo import digits
@@ -100,6 +104,7 @@ class Purifier(nn.Module):
         # The denoiser the samplers drive: the model, or its compiled / autocast / channels_last FastDenoiser.
         self.speed = speed_options(self.model, compile, precision, channels_last)
         self.denoiser = fast_denoiser(self.model, self.speed)
+        self.graphs = GraphPlan(graphs, device=device, guidance=guidance is not None, grad=self.grad)
 
     def extra_repr(self) -> str:
         c = self.config
@@ -113,6 +118,7 @@ class Purifier(nn.Module):
             d["surrogate"] = {**self.surrogate.config.as_dict(), "grad_mode": self.surrogate.grad}
         d["speed"] = describe_speed(self.speed, next(self.model.parameters()).device,
                                     getattr(self.denoiser, "compile_seconds", None))
+        d["speed"]["graphs"] = self.graphs.describe()
         d["precision"] = self.speed.precision
         return d
 
@@ -142,6 +148,8 @@ class Purifier(nn.Module):
 
     def _purify(self, x: torch.Tensor, seeds: torch.Tensor, round: int, mode: str) -> torch.Tensor:
         """The data path; mode 'autograd' (plain graph, or none under no_grad), 'full' or 'adjoint'."""
+        if self.graphs.enabled and not self.graphs.inside:  # static buffers / CUDA-graph replay (samplers.graphed)
+            return self.graphs.run(self._purify, x, seeds, round, mode)
         m, cfg, p = self.model, self.config, self.config.preset
         den = self.denoiser  # the samplers' view of m (compiled / autocast when asked); guidance sees m itself
         dtype, B = next(m.parameters()).dtype, x.shape[0]

@@ -121,7 +121,7 @@ class _Evaluate(nn.Module):
             eps = self.model(x, tau)
         else:
             # Autocast covers the network only: ε̂ leaves in u's dtype, so everything after it stays fp32.
-            with torch.autocast(u.device.type, dtype=self.low):
+            with torch.autocast(u.device.type, dtype=self.low, cache_enabled=False):  # graph-capture safe
                 eps = self.model(x, tau)
         return eps.to(u.dtype).contiguous()
 

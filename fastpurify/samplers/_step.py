@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
+
+_TABLES: OrderedDict = OrderedDict()  # (table bytes, device, dtype) → the device copy; read-only by contract
+_MAX_TABLES = 256
 
 
 def step_counter(n: int, device: torch.device) -> torch.Tensor:
@@ -27,3 +32,17 @@ def guidance_terms(guidance, u: torch.Tensor, eps: torch.Tensor, i):
         return None, None
     out = guidance(u, eps, i)
     return out if isinstance(out, tuple) else (out, None)
+
+
+def device_table(table: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """`table.to(device, dtype)`, built once per distinct table: later calls (and CUDA-graph captures, where a
+    host-to-device copy is not allowed) get the same device tensor.  Callers never modify it."""
+    key = (table.numpy().tobytes(), tuple(table.shape), str(device), dtype)
+    hit = _TABLES.get(key)
+    if hit is None:
+        hit = _TABLES[key] = table.to(device, dtype)
+        if len(_TABLES) > _MAX_TABLES:
+            _TABLES.popitem(last=False)
+    else:
+        _TABLES.move_to_end(key)
+    return hit

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from .. import ops
-from ._step import seeds_of, step_counter
+from ._step import device_table, seeds_of, step_counter
 from .schedules import DDPMSchedule
 
 
@@ -31,7 +31,7 @@ def sample_ddim(model, u: torch.Tensor, indices: list[int], *, noise, eta: float
                 backend: str | None = None, checkpoint: Callable | None = None) -> torch.Tensor:
     """Steps i → j over consecutive entries of `indices` (descending).  noise: NoiseStreams (None allowed at η = 0).
     checkpoint(body, u): per-step recompute wrapper (grad.StepCheckpoint), as in sample_ddpm."""
-    coef = ddim_coefficients(model.schedule, indices, eta).to(u.device, ops.acc_dtype(u.dtype))
+    coef = device_table(ddim_coefficients(model.schedule, indices, eta), u.device, ops.acc_dtype(u.dtype))
     steps = step_counter(len(indices), u.device)
     seeds, round = seeds_of(noise, u, needs_noise=eta > 0.0)
     for k, i in enumerate(indices):

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from .. import ops
-from ._step import guidance_terms, seeds_of, step_counter
+from ._step import device_table, guidance_terms, seeds_of, step_counter
 from .schedules import DDPMSchedule
 
 
@@ -38,7 +38,7 @@ def sample_ddpm(model, u: torch.Tensor, indices: list[int], *, noise, variance: 
     keeps only u per step and recomputes the body in the backward pass (grad='full').
     """
     # Schedule: one coefficient table and one step counter on the device, built once.
-    coef = ddpm_coefficients(model.schedule, indices, variance).to(u.device, ops.acc_dtype(u.dtype))
+    coef = device_table(ddpm_coefficients(model.schedule, indices, variance), u.device, ops.acc_dtype(u.dtype))
     steps = step_counter(len(indices), u.device)
     seeds, round = seeds_of(noise, u, needs_noise=True)
     # Main loop (i = k−1, …, 0): fixed length, Python ints only.

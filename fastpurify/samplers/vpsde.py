@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from .. import ops
-from ._step import guidance_terms, seeds_of, step_counter
+from ._step import device_table, guidance_terms, seeds_of, step_counter
 from .schedules import VPSDE
 
 
@@ -31,7 +31,7 @@ def sample_vpsde(model, u: torch.Tensor, grid: list[float], *, noise, sde: VPSDE
     checkpoint(body, u): per-step recompute wrapper (grad.StepCheckpoint), as in sample_ddpm.
     adjoint: backpropagate with the continuous adjoint (grad.vpsde_adjoint): O(1) memory in steps, input only.
     """
-    coef = vpsde_coefficients(grid, sde).to(u.device, ops.acc_dtype(u.dtype))
+    coef = device_table(vpsde_coefficients(grid, sde), u.device, ops.acc_dtype(u.dtype))
     steps = step_counter(len(grid) - 1, u.device)
     seeds, round = seeds_of(noise, u, needs_noise=True)
 

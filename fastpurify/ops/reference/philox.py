@@ -84,7 +84,10 @@ def derive_seeds(base: int | torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Per-sample 63-bit seeds from a base seed (int or (B,) tensor) and integer ids (B,): a Philox hash,
     so nearby bases or ids give unrelated streams.  Used for sample ids, EOT replicas and re-evaluation trials."""
     ids = ids.to(torch.int64)
-    base = torch.as_tensor(base, dtype=torch.int64, device=ids.device).expand_as(ids)
+    if isinstance(base, int):  # a fill kernel, not a host-to-device copy: no sync before a graph replay
+        base = torch.full_like(ids, base)
+    else:
+        base = torch.as_tensor(base, dtype=torch.int64, device=ids.device).expand_as(ids)
     k0, k1 = split_seed(base)
     r0, r1, _, _ = philox4x32(ids & MASK32, (ids >> 32) & MASK32, SEED_DERIVE, 0, k0, k1)
     return ((r1 & 0x7FFFFFFF) << 32) | r0

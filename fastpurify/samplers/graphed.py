@@ -1,0 +1,184 @@
+"""Static buffers and CUDA-graph capture of the whole purification (DESIGN.md decision 5; `Purifier(graphs=...)`).
+
+One `StaticRun` per call signature (shape, dtype, device, gradient mode, round) owns static input buffers (x, the
+per-sample seeds), runs the purification on them and keeps its output (and, for an attack, its input gradient) in
+static buffers too.  On a CUDA device the run is captured once and then replayed:
+  - forward graph: 2x − 1, forward diffusion, every sampler step (UNet, fused step op), the output map;
+  - backward graph (grad 'full' / 'autograd'): for 'full', every step's recompute and its VJP in reverse order.
+The step index of every fused op is a view into a device arange and the noise is Philox of (seed, step) with the
+seeds in the static buffer, so each replay draws fresh noise from the seeds copied in for that call — no host sync
+and nothing re-captured.  Outputs and gradients are cloned out of the static buffers.
+
+Capture needs a CUDA device, no guidance hook (it takes its own autograd step and may branch on values) and no
+VP-SDE adjoint (its reverse loop reads the coefficient table on the host).  `graphs=True` raises where any of these
+fails; `graphs='auto'` falls back to eager and records why; `graphs='static'` runs the same static-buffer path
+without capture on any device (what CPU CI checks bit for bit against eager).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable
+
+import torch
+from torch.autograd.function import once_differentiable
+
+GRAPH_SETTINGS = (False, True, "auto", "static")
+WARMUP = 2  # eager runs on a side stream before capture: compile, autotune, cuBLAS/cuDNN workspaces, lazy inits
+MAX_RUNS = 8  # signatures kept (each holds its own graph memory pool); the oldest is dropped first
+
+
+def graph_obstacle(device: torch.device, guidance: bool, grad: str, capture: bool) -> str | None:
+    """Why the purification cannot run as a captured (capture=True) or static-buffer graph here, or None."""
+    if capture and device.type != "cuda":
+        return f"CUDA-graph capture needs a CUDA device; the model is on {device.type} (graphs='static' runs the " \
+               "same static-buffer path without capture)"
+    if guidance:
+        return "guidance hooks take their own autograd step inside every sampler step and may branch on values"
+    if grad == "adjoint":
+        return "grad='adjoint' reads its coefficient table on the host in the reverse loop; use grad='full'"
+    return None
+
+
+class StaticRun:
+    """fn(x, seeds) → out on static buffers, replayed from a CUDA graph (capture=True) or re-run eagerly on them.
+
+    training: the output is differentiable in x; `backward(g)` returns ∂⟨g, out⟩/∂x from static buffers.
+    """
+
+    def __init__(self, fn: Callable, x: torch.Tensor, seeds: torch.Tensor, *, training: bool, capture: bool):
+        self.fn, self.training, self.capture = fn, training, capture
+        self.x = torch.zeros_like(x).requires_grad_(training)  # the static input (a leaf when training)
+        self.seeds = torch.zeros_like(seeds)
+        self.generation = 0  # forward runs so far; a backward must belong to the latest one
+        self.out = self.gout = self.gx = None
+        if capture:
+            with torch.no_grad():
+                self.x.copy_(x)
+                self.seeds.copy_(seeds)
+            self._capture()
+
+    def _run(self) -> torch.Tensor:
+        with torch.set_grad_enabled(self.training):
+            return self.fn(self.x, self.seeds)
+
+    def _capture(self) -> None:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP):
+                out = self._run()
+                if self.training:
+                    torch.autograd.grad(out, self.x, torch.ones_like(out))
+        torch.cuda.current_stream().wait_stream(side)
+        pool = torch.cuda.graph_pool_handle()
+        self.forward_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.forward_graph, pool=pool):
+            self.out = self._run()
+        if self.training:
+            self.gout = torch.zeros_like(self.out)
+            self.backward_graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.backward_graph, pool=pool):
+                # retain_graph: the autograd graph recorded at capture stays alive; replays refill its saved tensors.
+                (self.gx,) = torch.autograd.grad(self.out, self.x, self.gout, retain_graph=True)
+
+    def forward(self, x: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        """Copy x and seeds in, run; returns the static output (clone it)."""
+        with torch.no_grad():
+            self.x.copy_(x)
+            self.seeds.copy_(seeds)
+        if self.capture:
+            self.forward_graph.replay()
+        else:
+            self.out = self._run()
+        self.generation += 1
+        return self.out
+
+    def backward(self, grad: torch.Tensor, generation: int) -> torch.Tensor:
+        """∂⟨grad, out⟩/∂x for the forward run `generation`; returns the static gradient (clone it)."""
+        if generation != self.generation:
+            raise RuntimeError("graphed purifier: another forward call with the same shape overwrote the static "
+                               "buffers before this backward; take each gradient before the next call (or use "
+                               "graphs=False)")
+        if not self.capture:
+            (gx,) = torch.autograd.grad(self.out, self.x, grad)
+            return gx
+        self.gout.copy_(grad)
+        self.backward_graph.replay()
+        return self.gx
+
+
+class _StaticFunction(torch.autograd.Function):
+    """x → StaticRun output, differentiable in x through the run's own (captured) backward."""
+
+    @staticmethod
+    def forward(ctx, x, run, seeds):
+        ctx.run = run
+        out = run.forward(x, seeds).clone()
+        ctx.generation = run.generation
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        return ctx.run.backward(grad.contiguous(), ctx.generation).clone(), None, None
+
+
+class GraphPlan:
+    """What `Purifier(graphs=...)` decided, and the static runs it keeps.
+
+    setting: False (eager), True (capture; raises where impossible), 'auto' (capture where possible, else eager
+    with the reason recorded), 'static' (the static-buffer path without capture, any device).
+    """
+
+    def __init__(self, setting, *, device: torch.device, guidance: bool, grad: str):
+        if setting not in GRAPH_SETTINGS or isinstance(setting, int) and not isinstance(setting, bool):
+            raise ValueError(f"graphs must be one of {GRAPH_SETTINGS}, got {setting!r}")
+        self.setting, self.capture = setting, setting in (True, "auto")
+        why = None if setting is False else graph_obstacle(device, guidance, grad, self.capture)
+        if why and setting in (True, "static"):
+            raise ValueError(f"graphs={setting!r} is impossible here: {why}")
+        self.enabled = setting is not False and why is None
+        self.reason = "graphs=False" if setting is False else why  # why the eager path runs (None: it does not)
+        self.runs: OrderedDict = OrderedDict()
+        self.inside = False  # True while a static run executes the purification itself
+
+    def describe(self) -> dict:
+        return {"setting": self.setting, "active": self.enabled, "capture": self.enabled and self.capture,
+                "reason": self.reason, "signatures": len(self.runs)}
+
+    def run(self, purify: Callable, x: torch.Tensor, seeds: torch.Tensor, round: int, mode: str) -> torch.Tensor:
+        """purify(x, seeds, round, mode) through the static run of this call's signature."""
+        training = torch.is_grad_enabled() and x.requires_grad
+        if training and mode == "adjoint":
+            why = graph_obstacle(x.device, False, mode, capture=False)
+            if self.setting != "auto":
+                raise RuntimeError(f"graphs={self.setting!r}: {why}")
+            self.reason = why
+            return self._eager(purify, x, seeds, round, mode)
+        # Without a gradient every mode computes the same value: one run serves them all.
+        mode = mode if training else "autograd"
+        key = (tuple(x.shape), x.dtype, str(x.device), seeds.device.type, mode, training, round)
+        run = self.runs.get(key)
+        if run is None:
+            def fn(xs, ss):
+                self.inside = True
+                try:
+                    return purify(xs, ss, round, mode)
+                finally:
+                    self.inside = False
+
+            run = self.runs[key] = StaticRun(fn, x.detach(), seeds, training=training, capture=self.capture)
+            if len(self.runs) > MAX_RUNS:
+                self.runs.popitem(last=False)
+        self.runs.move_to_end(key)
+        if training:
+            return _StaticFunction.apply(x, run, seeds)
+        return run.forward(x, seeds).clone()
+
+    def _eager(self, purify, x, seeds, round, mode):
+        self.inside = True
+        try:
+            return purify(x, seeds, round, mode)
+        finally:
+            self.inside = False
