@@ -42,7 +42,27 @@ def info() -> dict:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "extension_build": _ext.build_info() or None, "torch_threads": torch.get_num_threads(),
         "backends": available_backends(),
+        "precision": precision_table(),
     }
+
+
+def precision_table() -> dict[str, dict[str, str]]:
+    """{device: {precision: 'native' | 'emulated (why)' | 'unsupported: why'}} for Purifier(precision=...)."""
+    import torch
+
+    from .models.fast import PRECISIONS, precision_support
+
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    out = {}
+    for dev in devices:
+        row = {}
+        for p in PRECISIONS:
+            try:
+                row[p] = precision_support(p, dev)
+            except ValueError as e:
+                row[p] = f"unsupported: {e}"
+        out[dev.type] = row
+    return out
 
 
 def main(argv=None) -> int:
@@ -54,12 +74,16 @@ def main(argv=None) -> int:
         print(json.dumps(d, indent=2))
         return 0
     for k, v in d.items():
-        if k != "backends":
+        if k not in ("backends", "precision"):
             print(f"{k:16s} {v}")
     print("backends:")
     for name, b in d["backends"].items():
         status = "available" if b["available"] else f"unavailable — {b['reason']}"
         print(f"  {name:7s} {status}; ops: {', '.join(b['ops']) or '-'}")
+    print("precision (Purifier(precision=...)):")
+    for dev, row in d["precision"].items():
+        for p, how in row.items():
+            print(f"  {dev:5s} {p:5s} {how}")
     return 0
 
 
