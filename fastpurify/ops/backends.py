@@ -98,6 +98,7 @@ def _triton(name: str):
 
 
 TRITON = {op: {"fwd": _triton(f"{op}_fwd"), "bwd": _triton(f"{op}_bwd")} for op in OPS}
+TRITON.update({op: {"fwd": _triton(f"{op}_fwd")} for op in DRAWS})
 # Under TRITON_INTERPRET=1 the kernels run on CPU tensors (the CPU test lane); otherwise on CUDA devices only.
 TRITON_DEVICES = ("cpu",) if _ext.triton_interpret() else ("cuda",)
 
@@ -111,4 +112,5 @@ for _op in OPS:
 for _op in DRAWS:
     register(Backend(_op, "torch", ("cpu", "cuda"), (F32,), _always, REFERENCE[_op]))
     register(Backend(_op, "cpu", ("cpu",), (F32,), _ext.load_error, COMPILED[_op]))
-
+    register(Backend(_op, "triton", TRITON_DEVICES, (F32,), _ext.triton_error, TRITON[_op]))
+    register(Backend(_op, "cuda", ("cuda",), (F32,), _ext.cuda_error, COMPILED[_op]))
