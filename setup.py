@@ -42,7 +42,7 @@ def extensions():
     import torch
     from torch.utils import cpp_extension as ce
 
-    sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = ["csrc/module.cpp", "csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     # -g0: Python's CFLAGS carry -g, which doubles the compile time of every torch-including file.
     # -ffp-contract=off: no FMA contraction, so every instruction set computes the reference's rounding steps (and
     # the noise gets the same bits on each); -fno-math-errno: sqrt vectorises (errno is never read).

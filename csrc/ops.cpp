@@ -1,6 +1,5 @@
-// Schemas of fastpurify's fused ops (torch.ops.fastpurify.*) and the Python module stub for fastpurify._C.
-// Implementations register per device in cpu/*.cpp and (with CUDA) cuda/*.cpp.
-#include <Python.h>
+// Schemas of fastpurify's fused ops (torch.ops.fastpurify.*).  Implementations register per device in cpu/*.cpp and
+// (with CUDA) cuda/*.cpp; the Python module stub of fastpurify._C is module.cpp, so the C++ tests link without Python.
 #include <torch/library.h>
 
 #include <string>
@@ -49,11 +48,4 @@ static std::string cpu_isa() { return fastpurify::isa_name(fastpurify::noise_isa
 TORCH_LIBRARY_IMPL(fastpurify, CompositeExplicitAutograd, m) {
   m.impl("build_info", &build_info);
   m.impl("cpu_isa", &cpu_isa);
-}
-
-// Importing fastpurify._C only has to run the static registrations above.
-extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", "fastpurify compiled ops (torch.ops.fastpurify)",
-                                   -1, nullptr};
-  return PyModule_Create(&def);
 }

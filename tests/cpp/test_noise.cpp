@@ -19,7 +19,7 @@ namespace {
 
 int failures = 0;
 
-#define CHECK(cond, ...)                              \
+#define EXPECT(cond, ...)                              \
   do {                                                \
     if (!(cond)) {                                    \
       std::printf("FAIL %s:%d: ", __FILE__, __LINE__); \
@@ -54,7 +54,7 @@ void test_known_answers() {
       const uint64_t seed = t.k[0] | (uint64_t(t.k[1]) << 32);
       const int64_t len = int64_t(t.c[0]) - at + 100 > (int64_t(1) << 32) ? at + 1 : 100;  // counters < 2³²
       fastpurify::philox_words(isa, r0, r1, seed, int64_t(t.c[0]) - at, len, t.c[1], t.c[2], t.c[3]);
-      CHECK(r0[at] == t.r[0] && r1[at] == t.r[1], "%s: Philox KAT ctr %08x: got %08x %08x, want %08x %08x",
+      EXPECT(r0[at] == t.r[0] && r1[at] == t.r[1], "%s: Philox KAT ctr %08x: got %08x %08x, want %08x %08x",
             fastpurify::isa_name(isa), t.c[0], r0[at], r1[at], t.r[0], t.r[1]);
     }
 }
@@ -75,7 +75,7 @@ void test_paths_agree() {
         int64_t bad = 0;
         for (int64_t j = 0; j < len; ++j)
           bad += a0[j] != b0[j] || a1[j] != b1[j] || std::memcmp(&za[j], &zb[j], sizeof(float)) != 0;
-        CHECK(bad == 0, "%s: %lld of %lld elements differ from baseline (e0 %lld)", fastpurify::isa_name(isa),
+        EXPECT(bad == 0, "%s: %lld of %lld elements differ from baseline (e0 %lld)", fastpurify::isa_name(isa),
               (long long)bad, (long long)len, (long long)e0);
       }
 }
@@ -125,25 +125,25 @@ void test_box_muller_accuracy() {
     }
     std::printf("%-8s Box-Muller max error (units of 2^-23*max(1,R)): all u1 %.3f, all u2 %.3f, random %.3f\n",
                 fastpurify::isa_name(isa), worst[0], worst[1], worst[2]);
-    for (double w : worst) CHECK(w <= kMaxUnits, "%s: Box-Muller error %.3f > %.1f units", fastpurify::isa_name(isa), w,
+    for (double w : worst) EXPECT(w <= kMaxUnits, "%s: Box-Muller error %.3f > %.1f units", fastpurify::isa_name(isa), w,
                                  kMaxUnits);
   }
 }
 
 // FASTPURIFY_CPU_ISA caps the instruction set; an unknown name is an error, never silently ignored.
 void test_isa_cap() {
-  CHECK(fastpurify::cap_isa(Isa::kAvx512, nullptr) == Isa::kAvx512, "no cap");
-  CHECK(fastpurify::cap_isa(Isa::kAvx512, "") == Isa::kAvx512, "empty cap");
-  CHECK(fastpurify::cap_isa(Isa::kAvx512, "avx2") == Isa::kAvx2, "cap avx2");
-  CHECK(fastpurify::cap_isa(Isa::kAvx2, "avx512") == Isa::kAvx2, "cap above what the CPU runs");
-  CHECK(fastpurify::cap_isa(Isa::kAvx512, "baseline") == Isa::kBaseline, "cap baseline");
+  EXPECT(fastpurify::cap_isa(Isa::kAvx512, nullptr) == Isa::kAvx512, "no cap");
+  EXPECT(fastpurify::cap_isa(Isa::kAvx512, "") == Isa::kAvx512, "empty cap");
+  EXPECT(fastpurify::cap_isa(Isa::kAvx512, "avx2") == Isa::kAvx2, "cap avx2");
+  EXPECT(fastpurify::cap_isa(Isa::kAvx2, "avx512") == Isa::kAvx2, "cap above what the CPU runs");
+  EXPECT(fastpurify::cap_isa(Isa::kAvx512, "baseline") == Isa::kBaseline, "cap baseline");
   bool threw = false;
   try {
     fastpurify::cap_isa(Isa::kAvx512, "sse9");
   } catch (const std::invalid_argument&) {
     threw = true;
   }
-  CHECK(threw, "unknown FASTPURIFY_CPU_ISA must throw");
+  EXPECT(threw, "unknown FASTPURIFY_CPU_ISA must throw");
 }
 
 }  // namespace
