@@ -83,7 +83,7 @@ def build_method(name: str, model, aux: nn.Module | None = None, *, t_star=None,
         mr = MultiRound(rounds)
         return MethodPurifier(name, mr, {"config": rounds[0].config.as_dict(), "rounds_t": list(s["rounds_t"]),
                                          "nfe": mr.nfe})
-    pur = Purifier(model, s.get("preset", name), t_star=t_star, backend=backend)
+    pur = Purifier(model, s.get("preset", name), t_star=t_star, steps=s.get("steps"), backend=backend)
     return MethodPurifier(name, pur, {"config": pur.config.as_dict(), "nfe": pur.config.nfe})
 
 

@@ -138,3 +138,20 @@ def test_bad_protocol_settings():
         AttackSpec("x", kind="magic")
     with pytest.raises(ValueError, match="unknown attack loss"):
         AttackSpec("x", loss="hinge")
+
+
+def test_convergence_check_fires_when_more_steps_still_help():
+    """A linear classifier and a step size that needs all 8 steps to reach the boundary: 4 steps are not enough,
+    so the check must say the 8-step figure was still falling."""
+    lin = nn.Sequential(nn.Flatten(), nn.Linear(16, 2)).double().requires_grad_(False)
+    lin[1].weight.copy_(torch.stack([torch.ones(16), -torch.ones(16)]).double())
+    lin[1].bias.copy_(torch.tensor([-4.0, 4.0], dtype=torch.float64))
+    # z_0 − z_1 = 32·x − 8 ∈ [8, 10.2]; each step of 0.05 on every pixel removes 1.6
+    x = torch.full((8, 1, 4, 4), 0.5, dtype=torch.float64) + 0.01 * torch.arange(8).view(-1, 1, 1, 1)
+    y = torch.zeros(8, dtype=torch.long)
+    attacks = [AttackSpec("pgd-ce", steps=8, eot=1, step_size=0.05, random_start=False)]
+    r = evaluate(Defence("linear", lin), x, y, torch.arange(8), attacks,
+                 ProtocolConfig(eps=0.5, n_reevals=1, large_eps=None))
+    check = {c["name"]: c for c in r["checks"]}["pgd-ce_converged"]
+    assert r["attacks"][0]["mean"] == 0.0 and r["attacks"][0]["stats"]["half_steps"]["mean"] == 1.0
+    assert check["passed"] is False and check["value"] == 1.0

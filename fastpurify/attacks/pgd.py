@@ -140,7 +140,8 @@ def pgd_eot(forward: Forward | None, x: torch.Tensor, y: torch.Tensor, ids: torc
     true-class margin; the final iterate is evaluated too) or, with best_iterate=False, the last one.
 
     stats: if a dict, filled with 'loss' (mean loss per step), 'acc' (mean EOT accuracy of the current iterate per
-    step, final iterate last), 'best_acc' (of the best iterate so far), 'zero_grad_frac' (samples whose first
+    step, final iterate last), 'best_acc' (of the best iterate so far), 'half_steps_x_adv' (what the same attack
+    with steps // 2 iterations returns: a convergence check), 'zero_grad_frac' (samples whose first
     gradient is exactly zero: AutoAttack's check_zero_gradients), 'zero_grad_elem_frac' (input elements with an
     exactly zero first gradient: masking that hides single pixels) and the worst step of both ('..._max')."""
     if objective is None:
@@ -150,6 +151,7 @@ def pgd_eot(forward: Forward | None, x: torch.Tensor, y: torch.Tensor, ids: torc
     x = x.detach()
     x_adv = random_start(x, ids, cfg, run_seed) if cfg.random_start else x.clone()
     best, best_acc, best_margin = x_adv.clone(), None, None
+    half = None
     curve = {"loss": [], "acc": [], "best_acc": []}
     zero, zero_elem = [], []
 
@@ -169,6 +171,8 @@ def pgd_eot(forward: Forward | None, x: torch.Tensor, y: torch.Tensor, ids: torc
         grad, loss, acc, margin = _eot_pass(objective, x_adv, y, ids, run_seed, k, cfg.eot, cfg.eot_chunk,
                                             cfg.fixed_noise, True)
         track(x_adv, acc, margin)
+        if k == cfg.steps // 2:  # what a run with half the steps returns (same seeds: a prefix of this run)
+            half = best.clone()
         curve["loss"].append(float(loss.mean()))
         zero.append(float((grad.flatten(1).abs().amax(1) == 0).float().mean()))
         zero_elem.append(float((grad == 0).float().mean()))
@@ -186,6 +190,8 @@ def pgd_eot(forward: Forward | None, x: torch.Tensor, y: torch.Tensor, ids: torc
         track(x_adv, acc, margin)
         x_adv = best
     if stats is not None:
+        if cfg.best_iterate and half is not None:
+            stats["half_steps_x_adv"] = half.detach()
         stats.update(curve, zero_grad_frac=zero[0] if zero else 0.0, zero_grad_frac_max=max(zero, default=0.0),
                      zero_grad_elem_frac=zero_elem[0] if zero_elem else 0.0,
                      zero_grad_elem_frac_max=max(zero_elem, default=0.0))
