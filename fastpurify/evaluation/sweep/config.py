@@ -129,7 +129,7 @@ def _coerce(value, hint, where: str):
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_coerce(v, args[0], f"{where}.{i}") for i, v in enumerate(value)]  # --set spelling
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, where)
     if hint is bool:
@@ -362,7 +362,7 @@ def _check_methods(cfg: SweepConfig) -> None:
     if dup:
         raise ConfigError(f"methods: duplicate labels {dup}; give each a distinct label")
     for i, m in enumerate(cfg.methods):
-        where = f"methods[{i}] ({m.label or m.name!r})"
+        where = f"methods.{i} ({m.label or m.name!r})"
         if m.name not in known:
             raise ConfigError(f"{where}: unknown method {m.name!r}; known: {', '.join(known)}")
         if m.t_star is not None:

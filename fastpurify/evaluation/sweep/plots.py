@@ -150,7 +150,7 @@ def _labeled_grid(imgs: dict, g: dict, path: Path) -> str | None:
         for j in range(k):
             img = imgs[kind][j].float().clamp(0, 1)
             ax = axes[row][j]
-            ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray", vmin=0, vmax=1)
+            ax.imshow((img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)).numpy(), cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([]), ax.set_yticks([])
             ax.set_title(titles[row][j], fontsize=7)
         axes[row][0].set_ylabel(kind, fontsize=8)
