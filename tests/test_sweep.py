@@ -54,7 +54,8 @@ def test_example_config_resolves(tmp_path):
     ("methods.2.label=\"none\"", "duplicate labels"),
     ("methods.1.t_star=5000", "outside [1, 1000]"),
     ("attacks.1.name=\"pgd-full\"", "duplicate names"),
-    ("attacks.0.loss=\"margin\"", "not available yet"),
+    ("attacks.0.loss=\"hinge\"", "unknown loss 'hinge'"),
+    ("attacks.0.loss=\"dlr\"", None),
     ("attacks.0.eot=0", "eot >= 1"),
     ("methods.0.name=\"agdm\"", "needs model.aux"),
     ("methods.1.name=\"ddpm\"", None),                      # a preset is a method

@@ -8,7 +8,7 @@ validation before any work starts.
     [data]      dataset, split, path, labels, subset, n, ids, ids_file, data_seed
     [model]     diffusion, classifier (files or "digits"), their kinds, aux (AGDM's auxiliary network)
     [[methods]] name (none | build_method name | preset), label, t_star, steps, scale
-    [[attacks]] name, kind, loss, steps, step_size, eot, grad, random_start, eot_chunk
+    [[attacks]] name, kind, loss, steps, step_size, eot, grad, random_start, best_iterate, eot_chunk
 
 The config id is a hash of every field that can change a result; fields that only change how the work is done
 (out, batch_size, threads, quiet, save_adv, grid, device index) are left out, so a resumed sweep may change them.
@@ -28,7 +28,7 @@ SUBSETS = ("first", "seeded")
 DTYPES = ("fp32", "fp64", "fp16", "bf16")
 NORMS = ("linf", "l2")
 ATTACK_KINDS = ("pgd",)
-ATTACK_LOSSES = ("ce",)
+ATTACK_LOSSES = ("ce", "margin", "dlr")  # fastpurify.attacks.losses
 # 'surrogate' needs a second purifier per attack: it comes with the evaluation protocol (issue 9).
 ATTACK_GRADS = ("full", "autograd", "adjoint", "bpda")
 # Fields that never change a result: not part of the config id, free to change when resuming.
@@ -77,12 +77,13 @@ class MethodConfig:
 class AttackConfig:
     name: str = ""                 # unique name in the ensemble
     kind: str = "pgd"              # PGD with EOT (fastpurify.attacks.pgd_eot)
-    loss: str = "ce"
+    loss: str = "ce"               # ce | margin | dlr
     steps: int = 10
     step_size: float | None = None  # default 2.5·eps/steps
     eot: int = 1
     grad: str = ""                 # gradient mode through the purifier ("" = the sweep's grad)
     random_start: bool = False
+    best_iterate: bool = True      # each sample's iterate with the lowest EOT accuracy (then margin), not the last
     eot_chunk: int = 0             # rows per forward during EOT; 0 = all (memory only, never the result)
 
 
@@ -401,8 +402,7 @@ def _check_attacks(cfg: SweepConfig) -> None:
             raise ConfigError(f"{where}: unknown kind {a.kind!r}; this sweep runs {ATTACK_KINDS} "
                               "(APGD, BPDA variants and adaptive attacks come with the evaluation protocol)")
         if a.loss not in ATTACK_LOSSES:
-            raise ConfigError(f"{where}: loss {a.loss!r} is not available yet (have {ATTACK_LOSSES}; the margin "
-                              "loss comes with the evaluation protocol of issue 9)")
+            raise ConfigError(f"{where}: unknown loss {a.loss!r}; expected one of {ATTACK_LOSSES}")
         if a.steps < 0 or a.eot < 1 or a.eot_chunk < 0:
             raise ConfigError(f"{where}: need steps >= 0, eot >= 1, eot_chunk >= 0")
         if a.grad not in ATTACK_GRADS:

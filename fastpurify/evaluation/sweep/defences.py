@@ -7,8 +7,6 @@ alone (seeds ignored).
 
 from __future__ import annotations
 
-import copy
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -32,8 +30,8 @@ class Models:
 
 
 def _embedded(module: nn.Module, dtype: torch.dtype, device: torch.device) -> nn.Module:
-    # The embedded models are cached process-wide: cast and move a copy, never the shared instance.
-    return copy.deepcopy(module).to(device=device, dtype=dtype).eval().requires_grad_(False)
+    # digits() / digits_aux() hand out their own copies, so casting and moving them in place is safe.
+    return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
 def load_models(cfg: SweepConfig) -> Models:
@@ -69,20 +67,6 @@ def load_models(cfg: SweepConfig) -> Models:
     return Models(diffusion, classifier.requires_grad_(False), aux, dtype, device)
 
 
-@contextmanager
-def _grad_mode(module: nn.Module | None, mode: str | None):
-    """Set the gradient mode of every Purifier inside `module` (multi-round and guided methods hold several)."""
-    inner = [p for p in module.modules() if isinstance(p, Purifier)] if module is not None and mode else []
-    saved = [p.grad for p in inner]
-    for p in inner:
-        p.grad = mode
-    try:
-        yield
-    finally:
-        for p, g in zip(inner, saved):
-            p.grad = g
-
-
 class Defence:
     """classifier(purifier(x)) for one configured method."""
 
@@ -102,21 +86,21 @@ class Defence:
         cfg = d.get("config", {})
         return {**d, "method": self.name, "t_star_steps": cfg.get("t_star_steps"), "t_star_s": cfg.get("t_star_s")}
 
-    def _purify(self, x: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+    def _purify(self, x: torch.Tensor, seeds: torch.Tensor, grad: str | None) -> torch.Tensor:
         """At the diffusion model's resolution: bilinear resize up and back inside autograd when the data differ
         (DiffPure / Lee & Kim ImageNet: 224 → 256 → 224; what fastpurify.models.ResizePurifier does)."""
         n, size = self.image_size, tuple(x.shape[-2:])
         if size == (n, n):
-            return self.purifier(x, seed=seeds)
+            return self.purifier(x, seed=seeds, grad=grad)
         u = F.interpolate(x, size=(n, n), mode="bilinear", align_corners=False)
-        return F.interpolate(self.purifier(u, seed=seeds), size=size, mode="bilinear", align_corners=False)
+        return F.interpolate(self.purifier(u, seed=seeds, grad=grad), size=size, mode="bilinear",
+                             align_corners=False)
 
     def forward(self, grad: str | None, capture: list | None = None):
         """forward(x, seeds) → logits with gradient mode `grad`; capture: a list receiving (purified, logits)."""
         def fwd(x, seeds):
-            with _grad_mode(self.purifier, grad if self.purifier is not None else None):
-                x_pur = x if self.purifier is None else self._purify(x, seeds)
-                logits = self.classifier(x_pur)
+            x_pur = x if self.purifier is None else self._purify(x, seeds, grad)
+            logits = self.classifier(x_pur)
             if capture is not None:
                 capture.append((x_pur.detach(), logits.detach()))
             return logits

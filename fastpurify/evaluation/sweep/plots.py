@@ -70,13 +70,18 @@ def write_plots(report: dict, dest: Path) -> dict:
         _save(fig, dest / "robust_vs_t_star.png", plt)
         written["robust vs t*"] = "robust_vs_t_star.png"
 
-    # Accuracy vs attack iterations: each attack alone; attacks that differ only in their step count form a line.
+    # Accuracy vs attack iterations: per-step curves when the records carry them (EOT accuracy of the best iterate
+    # so far, on the attack's draws); else each attack alone vs its step count, attacks that differ only in
+    # their step count forming a line.
     fig, ax = plt.subplots(figsize=(5, 4))
-    drawn = False
+    drawn, per_step = False, False
     for r in results:
         groups = defaultdict(list)
         for name, a in r["attacks"].items():
-            if a["mean"] is not None:
+            if a.get("best_curve"):
+                ax.plot(range(len(a["best_curve"])), a["best_curve"], label=f"{r['method']} · {name}")
+                drawn = per_step = True
+            elif a["mean"] is not None:
                 groups[(a["grad_mode"], a["eot"], a["loss"], a["kind"])].append((a["steps"], a["mean"]))
         for (grad, eot, loss, _), pts in sorted(groups.items()):
             pts.sort()
@@ -84,7 +89,9 @@ def write_plots(report: dict, dest: Path) -> dict:
                     label=f"{r['method']} · {grad}, EOT {eot}, {loss}")
             drawn = True
     if drawn:
-        ax.set_xlabel("attack iterations"), ax.set_ylabel("robust accuracy, attack alone (mean over N)")
+        ax.set_xlabel("attack iteration")
+        ax.set_ylabel("EOT accuracy of the best iterate (attack draws)" if per_step
+                      else "robust accuracy, attack alone (mean over N)")
         ax.legend(fontsize=6), ax.set_title(f"accuracy vs attack iterations{tag}")
         _save(fig, dest / "accuracy_vs_iterations.png", plt)
         written["accuracy vs attack iterations"] = "accuracy_vs_iterations.png"

@@ -15,6 +15,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
+from ...grad import GRAD_LABELS
 from .merge import Merged, completeness_text, merge
 
 
@@ -50,6 +51,22 @@ def accuracies(preds: list[list[int]], correct: list[list[int]], labels: list[in
     return {**acc, "ci95": {k: wilson_ci(v, n) for k, v in acc.items()}}
 
 
+def _curves(curves: list) -> dict:
+    """Mean over samples, per PGD step, of the EOT accuracy of the current iterate ('curve') and of the best
+    iterate so far ('best_curve'): evaluate-while-optimizing, on the attack's own draws."""
+    if not curves or any(c is None for c in curves) or len({len(c) for c in curves}) != 1:
+        return {"curve": None, "best_curve": None}
+    n, best = len(curves), []
+    for c in curves:
+        run, out = 1.0, []
+        for v in c:
+            run = min(run, v)
+            out.append(run)
+        best.append(out)
+    return {"curve": [round(sum(col) / n, 6) for col in zip(*curves)],
+            "best_curve": [round(sum(col) / n, 6) for col in zip(*best)]}
+
+
 def _pct(p) -> str | None:
     return None if p is None else f"{100 * p:.2f}"
 
@@ -73,8 +90,9 @@ def method_result(mg: Merged, method: str, partial: bool) -> dict:
         k = a["name"]
         acc = accuracies([r["attacks"][k]["preds"] for r in recs], [r["attacks"][k]["correct"] for r in recs], labels)
         attacks[k] = {**acc, "wins": sum(r["winner"] == k for r in recs), "steps": a["steps"], "eot": a["eot"],
-                      "step_size": a["step_size"], "loss": a["loss"], "grad_mode": a["grad"], "kind": a["kind"],
-                      "random_start": a["random_start"]}
+                      "step_size": a["step_size"], "loss": a["loss"], "grad_mode": a["grad"],
+                      "grad_label": GRAD_LABELS[a["grad"]], "kind": a["kind"], "random_start": a["random_start"],
+                      "best_iterate": a["best_iterate"], **_curves([r["attacks"][k].get("curve") for r in recs])}
     first = recs[0] if recs else {}
     n = len(recs)
     wall = sum(r["wall_s"] for r in recs)
