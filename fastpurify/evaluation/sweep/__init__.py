@@ -16,7 +16,7 @@ import sys
 
 from .config import ConfigError, SweepConfig, config_id, load_config
 
-__all__ = ["main", "load_config", "run", "SweepConfig", "ConfigError"]
+__all__ = ["ConfigError", "SweepConfig", "load_config", "main", "run"]
 
 
 def run(config, overrides=(), **kw) -> dict:

@@ -18,10 +18,12 @@ import dataclasses
 import hashlib
 import json
 import os
-import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 DATASETS = ("digits", "cifar10", "imagenet")
 SUBSETS = ("first", "seeded")
@@ -117,7 +119,7 @@ class SweepConfig:
 def _coerce(value, hint, where: str):
     """Check `value` against the type hint (int, float, str, bool, list[int], X | None, dataclasses)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         errors = []
@@ -217,10 +219,6 @@ def load_config(path, overrides=()) -> SweepConfig:
         apply_override(raw, o)
     cfg = _build(SweepConfig, raw, "")
     return validate(resolve_defaults(cfg, base=path.parent))
-
-
-def config_from_dict(raw: dict, base=".") -> SweepConfig:
-    return validate(resolve_defaults(_build(SweepConfig, json.loads(json.dumps(raw)), ""), base=Path(base)))
 
 
 # ------------------------------------------------------------------------------------------------ resolving
@@ -364,6 +362,8 @@ def _check_methods(cfg: SweepConfig) -> None:
         raise ConfigError(f"methods: duplicate labels {dup}; give each a distinct label")
     for i, m in enumerate(cfg.methods):
         where = f"methods.{i} ({m.label or m.name!r})"
+        if any(c in m.label for c in "/#"):
+            raise ConfigError(f"{where}: a label may not contain '/' or '#' (they separate keys of saved images)")
         if m.name not in known:
             raise ConfigError(f"{where}: unknown method {m.name!r}; known: {', '.join(known)}")
         if m.t_star is not None:

@@ -25,12 +25,12 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickles plain containers and numpy arrays only: the CIFAR-10 batches are dicts of bytes keys, lists and
     ndarrays.  Any other global (a function, a class with side effects) is refused instead of being imported."""
 
-    ALLOWED = {
+    ALLOWED = frozenset({
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
         ("numpy", "ndarray"), ("numpy", "dtype"),
         ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 spell bytes (str → latin-1 bytes)
-    }
+    })
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
@@ -160,7 +160,7 @@ class ImageFolderData(Dataset):
         'val/'); integers are ids as they are."""
         if line.isdigit():
             return int(line)
-        key = line[4:] if line.startswith("val/") else line
+        key = line.removeprefix("val/")
         if key not in self._index:
             raise ConfigError(f"data.ids_file: {line!r} is not an image of {self.root}")
         return self._index[key]

@@ -129,7 +129,7 @@ def status(out) -> str:
         else:
             state = "running, or killed"
         if s.partial_tail:
-            state += "; partial last line (crash)"
+            state += "; partial last line (crash, or being written)"
         eta = (f"{(todo - len(s.records)) / rate:8.0f}s" if rate and todo is not None and s.done is None else "-")
         lines.append(f"r{s.rank}/a{s.attempt:<11d} {len(s.records):8d} {todo if todo is not None else '?':>6} "
                      f"{rate if rate is None else round(rate, 2)!s:>8s} {eta:>9s}  {state}")

@@ -114,11 +114,11 @@ def _load_images(mg: Merged, method: str, ids: list[int]) -> dict | None:
             return None
         with safe_open(str(file), framework="pt") as f:
             keys = set(f.keys())
-            for kind in rows:
+            for kind, images in rows.items():
                 key = f"{method}/{i}/{kind}"
                 if key not in keys:
                     return None
-                rows[kind].append(f.get_tensor(key))
+                images.append(f.get_tensor(key))
     return {k: torch.stack(v) for k, v in rows.items()}
 
 

@@ -159,10 +159,10 @@ def _fmt(p) -> str:
 def markdown(report: dict) -> str:
     tm, partial = report["threat_model"], report["partial"]
     title = "PARTIAL — " if partial else ""
-    lines = [f"# {title}Sweep {report['config_id']}", "",
-             f"{report['n_manifest']} images ({report['dataset']['dataset']}/{report['dataset']['split']}), "
-             f"{tm['norm']} ε = {tm['eps']:g}, ensemble `{report['ensemble']['name']}`, "
-             f"N = {report['n_reevals']} fresh purifications, manifest sha256 `{report['manifest_sha256'][:16]}…`", ""]
+    summary = (f"{report['n_manifest']} images ({report['dataset']['dataset']}/{report['dataset']['split']}), "
+               f"{tm['norm']} ε = {tm['eps']:g}, ensemble `{report['ensemble']['name']}`, "
+               f"N = {report['n_reevals']} fresh purifications, manifest sha256 `{report['manifest_sha256'][:16]}…`")
+    lines = [f"# {title}Sweep {report['config_id']}", "", summary, ""]
     if partial:
         lines += ["**PARTIAL: computed on an incomplete sweep; not a final result.**", ""]
     attack_names = [a["name"] for a in report["ensemble"]["attacks"]]
@@ -177,9 +177,10 @@ def markdown(report: dict) -> str:
                  "–" if r["t_star_steps"] is None else str(r["t_star_steps"]), str(r["nfe"]),
                  "–" if r["s_per_image"] is None else f"{r['s_per_image']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Accuracies in %: clean and robust are means over the N draws; worst = all N correct; majority = "
+    legend = ("Accuracies in %: clean and robust are means over the N draws; worst = all N correct; majority = "
               "vote over N. Robust = per-sample worst case over the ensemble (selected on separate draws, reported "
-              "on fresh ones); attack columns = each attack alone. 95 % CI: Wilson on n images.",
+              "on fresh ones); attack columns = each attack alone. 95 % CI: Wilson on n images.")
+    lines += ["", legend,
               f"Protocol: {report['results'][0]['protocol'] if report['results'] else '–'}"]
     for name, path in sorted(report.get("plots", {}).items()):
         lines.append(f"![{name}]({path})")

@@ -22,8 +22,16 @@ from .data import open_dataset, select_ids
 from .defences import build_defence, check_shapes, load_models
 from .evaluate import PROTOCOL, evaluate_batch, run_seeds
 from .records import RecordWriter, finished_pairs, read_shards, save_adv_batch
-from .shards import (batches, dist_env, ensure_sweep_dir, manifest_lines, manifest_sha256, my_work, start_barrier,
-                     write_atomic)
+from .shards import (
+    batches,
+    dist_env,
+    ensure_sweep_dir,
+    manifest_lines,
+    manifest_sha256,
+    my_work,
+    start_barrier,
+    write_atomic,
+)
 
 
 def versions() -> dict:
