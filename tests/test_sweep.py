@@ -329,3 +329,21 @@ def test_duplicates_identical_are_kept_once_differing_are_an_error(tmp_path):
     w.finish({})
     with pytest.raises(IncompleteSweep, match="CONFLICT none id 4: shard-r0-a0.jsonl:5 and shard-r5-a0.jsonl:1"):
         write_report(cfg.out)
+
+
+# ------------------------------------------------------------------------------------------------ command line
+def test_cli_errors_before_work_and_report_exit_codes(tmp_path, capsys):
+    from fastpurify.cli import main
+
+    out = tmp_path / "out"
+    assert main(["sweep", str(EXAMPLE), "--set", f"out={json.dumps(str(out))}", "--set", "data.ids=[3, 360]"]) == 2
+    assert "ids [360] are outside 0..359 of digits/test" in capsys.readouterr().err and not out.exists()
+    assert main(["sweep", "check", str(EXAMPLE), "--set", "n_reevals=0"]) == 2
+    assert "n_reevals (N) must be >= 1" in capsys.readouterr().err
+    cfg = _fake_sweep(tmp_path, write={0: [("none", i) for i in range(6)]})
+    assert main(["sweep", "status", cfg.out]) == 0
+    assert "diffpure                       0        6" in capsys.readouterr().out
+    assert main(["sweep", "report", cfg.out]) == 1
+    assert "diffpure: 6 of 6 missing" in capsys.readouterr().err
+    assert main(["sweep", "report", cfg.out, "--partial"]) == 0
+    assert capsys.readouterr().out.startswith("# PARTIAL — Sweep")
