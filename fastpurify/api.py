@@ -151,9 +151,12 @@ class Purifier(InferenceModule):
             d["surrogate"] = {**self.surrogate.config.as_dict(), "grad_mode": self.surrogate.grad}
         return d
 
-    def forward(self, x: torch.Tensor, seed=None, round: int = 0, grad: str | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, seed=None, round: int = 0, grad: str | None = None,
+                trace: list | None = None) -> torch.Tensor:
         """Purify x (B, C, H, W) in [0, 1].  round: the Philox round word (multi-round purification).
-        grad: override the gradient mode for this call."""
+        grad: override the gradient mode for this call.  trace: a list that receives the intermediate images
+        (u + 1)/2 after every sampler step, differentiable in the 'full' and 'autograd' modes (attack losses on
+        intermediate states, DiffAttack-style); not available with the 'adjoint' mode."""
         m = self.model
         mode = self.grad if grad is None else check_mode(grad)
         x = check_images(x, channels=m.channels, size=m.image_size)
@@ -165,10 +168,15 @@ class Purifier(InferenceModule):
                             "use float32, float64 or bfloat16 on the CPU, or move the purifier to a GPU")
         self._ensure_eval()
         seeds = per_sample_seeds(self.fixed_noise_seed if seed is None else seed, x.shape[0], x.device)
+        if mode == "adjoint" and self.config.preset.sampler != "vpsde":
+            raise ValueError(f"grad='adjoint' is the continuous VP-SDE adjoint; preset {self.config.preset.name!r} "
+                             f"uses the {self.config.preset.sampler!r} sampler")
+        if trace is not None and mode not in ("full", "autograd"):
+            raise ValueError(f"trace= needs grad='full' or 'autograd' (intermediate states of the graph); got {mode!r}")
         if not (torch.is_grad_enabled() and x.requires_grad) or mode == "autograd":
-            return self._purify(x, seeds, round, "autograd")
+            return self._purify(x, seeds, round, "autograd", trace)
         if mode in ("full", "adjoint"):
-            return self._purify(x, seeds, round, mode)
+            return self._purify(x, seeds, round, mode, trace)
         with torch.no_grad():
             value = self._purify(x, seeds, round, "autograd")
         if mode == "none":
@@ -179,7 +187,8 @@ class Purifier(InferenceModule):
             raise ValueError("grad='surrogate' needs a Purifier built with surrogate=")
         return straight_through(value, self.surrogate(x, seed=seeds, round=round))
 
-    def _purify(self, x: torch.Tensor, seeds: torch.Tensor, round: int, mode: str) -> torch.Tensor:
+    def _purify(self, x: torch.Tensor, seeds: torch.Tensor, round: int, mode: str, trace: list | None = None
+                ) -> torch.Tensor:
         """The data path; mode 'autograd' (plain graph, or none under no_grad), 'full' or 'adjoint'."""
         cfg, p = self.config, self.config.preset
         m = _CountingDenoiser(self.model)
@@ -199,18 +208,22 @@ class Purifier(InferenceModule):
         if self.guidance is not None:
             hook = self.guidance.bind(x_in if ckpt is None else ckpt.leaf, m, seeds, round)
         # Reverse process.
+        states = None if trace is None else []
         if p.sampler == "vpsde":
             dt = p.dt if cfg.steps is None else (cfg.s_star - p.s_end) / cfg.steps
             u = sample_vpsde(m, u, vpsde_grid(cfg.s_star, dt, p.s_end), noise=noise, sde=get_vpsde_schedule(),
-                             backend=self.backend, checkpoint=ckpt, adjoint=mode == "adjoint")
+                             backend=self.backend, checkpoint=ckpt, adjoint=mode == "adjoint", trace=states)
         elif p.sampler == "ddpm" and cfg.steps in (None, cfg.k):
             u = sample_ddpm(m, u, list(range(cfg.k - 1, -1, -1)), noise=noise, variance=p.variance, clip_x0=p.clip_x0,
-                            guidance=hook, backend=self.backend, checkpoint=ckpt)
+                            guidance=hook, backend=self.backend, checkpoint=ckpt, trace=states)
         else:  # ddim, or ddpm respaced (= η 1 on the subsequence)
             eta = 1.0 if p.sampler == "ddpm" else p.eta
             idx = respaced_indices(cfg.k, cfg.steps, p.respacing)
-            u = sample_ddim(m, u, idx, noise=noise, eta=eta, clip_x0=p.clip_x0, backend=self.backend, checkpoint=ckpt)
+            u = sample_ddim(m, u, idx, noise=noise, eta=eta, clip_x0=p.clip_x0, backend=self.backend, checkpoint=ckpt,
+                            trace=states)
         self.last_nfe = m.calls
+        if trace is not None:
+            trace.extend(((s + 1.0) / 2.0).to(x.dtype) for s in states)
         out = (u + 1.0) / 2.0
         if p.clamp_output:  # part of the defence (differentiated exactly), stated in reports
             out = out.clamp(0.0, 1.0)

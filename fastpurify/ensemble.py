@@ -37,10 +37,10 @@ class MultiRound(InferenceModule):
         counts = [p.last_nfe for p in self.rounds]
         return None if None in counts else sum(counts)
 
-    def forward(self, x: torch.Tensor, seed=None, grad: str | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, seed=None, grad: str | None = None, trace: list | None = None) -> torch.Tensor:
         seeds = per_sample_seeds(seed, x.shape[0], x.device)
         for r, purifier in enumerate(self.rounds):
-            x = purifier(x, seed=seeds, round=r, grad=grad)
+            x = purifier(x, seed=seeds, round=r, grad=grad, trace=trace)
         return x
 
 

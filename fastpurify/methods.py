@@ -45,11 +45,11 @@ class MethodPurifier(InferenceModule):
         """Network evaluations counted in the last forward pass."""
         return self.inner.last_nfe
 
-    def forward(self, x, seed=None, round: int = 0, grad: str | None = None):
-        """Purify x; seed and grad as for `Purifier.forward` (grad overrides the gradient mode for this call)."""
+    def forward(self, x, seed=None, round: int = 0, grad: str | None = None, trace: list | None = None):
+        """Purify x; seed, grad and trace as for `Purifier.forward` (grad overrides the mode for this call)."""
         if isinstance(self.inner, MultiRound):
-            return self.inner(x, seed=seed, grad=grad)
-        return self.inner(x, seed=seed, round=round, grad=grad)
+            return self.inner(x, seed=seed, grad=grad, trace=trace)
+        return self.inner(x, seed=seed, round=round, grad=grad, trace=trace)
 
     def describe(self) -> dict:
         first = self.inner.rounds[0] if isinstance(self.inner, MultiRound) else self.inner
