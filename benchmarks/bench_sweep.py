@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "sweep_digits.toml"
 RESULTS = ROOT / "benchmarks" / "results" / "cpu" / "bench_sweep.json"
 CPU_SETS = ['methods=[{name="diffpure", t_star=30}, {name="ddpm", t_star=30}]',
-            'attacks=[{name="pgd-full", steps=3}, {name="pgd-bpda", steps=3, grad="bpda"}]',
+            'attacks=[{name="pgd-full", steps=3, eot=1}, {name="pgd-bpda", steps=3, eot=1, grad="bpda"}]',
             "n_reevals=2", "batch_size=8", "save_adv=false", "quiet=true", 'dtype="fp32"']
 
 
@@ -123,9 +123,11 @@ steps = {steps}
 [[attacks]]
 name = "pgd-full"
 steps = 2
+eot = 4
 [[attacks]]
 name = "pgd-bpda"
 steps = 2
+eot = 4
 grad = "bpda"
 """
 

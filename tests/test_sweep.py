@@ -224,12 +224,14 @@ def test_manifest_sha256_over_ordered_ids():
 
 # ------------------------------------------------------------------------------------------------ records
 def _outcome(i: int, n: int = 3, correct: bool = True) -> dict:
-    c = [1 if correct else 0] * n
-    return {"clean_preds": [i % 10] * n, "clean_correct": [1] * n, "adv_preds": [i % 10] * n, "adv_correct": c,
-            "attacks": {"pgd-full": {"preds": [i % 10] * n, "correct": c, "margin": 0.5, "linf": 0.1, "l2": 1.0},
-                        "pgd-bpda": {"preds": [i % 10] * n, "correct": c, "margin": 0.7, "linf": 0.1, "l2": 1.0}},
-            "winner": "pgd-full", "margin": 0.5, "clean_margin": 2.0, "linf": 0.1, "l2": 1.0, "nfe_defense": 10,
-            "nfe_attack": 100, "nfe_eval": 40}
+    label = i % 10
+    adv = [label if correct else (label + 1) % 10] * n
+    c = [int(correct)] * n
+    return {"clean_preds": [label] * n, "clean_correct": [1] * n, "adv_preds": adv, "adv_correct": c,
+            "attacks": {"pgd-full": {"preds": adv, "correct": c, "sel_acc": float(correct), "sel_margin": 0.5},
+                        "pgd-bpda": {"preds": [label] * n, "correct": [1] * n, "sel_acc": 1.0, "sel_margin": 0.7}},
+            "winner": "pgd-full", "margin": 0.5, "linf": 0.1, "l2": 1.0, "nfe_defense": 10,
+            "nfe_attack": 100, "nfe_eval": 40, "ensemble_run": ["pgd-full", "pgd-bpda"]}
 
 
 def _fake_sweep(tmp_path, n=6, write=None):
@@ -282,8 +284,8 @@ def test_same_outcome_ignores_cost_and_placement_fields():
 def test_wilson_and_accuracies():
     assert wilson_ci(0.5, 100) == [0.4038, 0.5962]
     assert wilson_ci(0.0, 10)[0] == 0.0 and wilson_ci(1.0, 10)[1] == 1.0
-    acc = accuracies([[1, 2, 2], [3, 4, 3], [5, 6, 7]], [[0, 1, 1], [1, 0, 1], [1, 0, 0]], [2, 3, 5])
-    assert acc["mean"] == pytest.approx((2 / 3 + 2 / 3 + 1 / 3) / 3, abs=1e-6)
+    acc = accuracies([[1, 2, 2], [3, 4, 3], [5, 6, 7]], [2, 3, 5])
+    assert acc["mean"] == pytest.approx((2 / 3 + 2 / 3 + 1 / 3) / 3, abs=1e-6) and acc["n"] == 3
     assert acc["worst"] == 0.0
     assert acc["majority"] == pytest.approx(1.0)  # a 3-way tie (5, 6, 7) votes for the lowest class, 5
 

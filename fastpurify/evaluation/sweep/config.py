@@ -8,8 +8,9 @@ validation before any work starts.
     [data]      dataset, split, path, labels, subset, n, ids, ids_file, data_seed
     [model]     diffusion, classifier (files or "digits"), their kinds, aux (AGDM's auxiliary network)
     [[methods]] name (none | build_method name | preset), label, t_star, steps, scale
-    [[attacks]] name, kind, loss, steps, step_size, eot, grad, random_start, best_iterate, eot_chunk
+    [[attacks]] name, kind, loss, steps, eot, step_size, random_start, grad, variant, weight, kappa, states, cascade
 
+Attacks are `fastpurify.attacks.AttackSpec`s run by the evaluation protocol (`fastpurify.evaluation.protocol`).
 The config id is a hash of every field that can change a result; fields that only change how the work is done
 (out, batch_size, threads, quiet, save_adv, grid, device index) are left out, so a resumed sweep may change them.
 """
@@ -29,10 +30,13 @@ DATASETS = ("digits", "cifar10", "imagenet")
 SUBSETS = ("first", "seeded")
 DTYPES = ("fp32", "fp64", "fp16", "bf16")
 NORMS = ("linf", "l2")
-ATTACK_KINDS = ("pgd",)
+ATTACK_KINDS = ("pgd", "per_step", "joint", "forward_only", "blind", "aux")   # fastpurify.attacks.adaptive.KINDS
 ATTACK_LOSSES = ("ce", "margin", "dlr")  # fastpurify.attacks.losses
-# 'surrogate' needs a second purifier per attack: it comes with the evaluation protocol (issue 9).
+# 'surrogate' needs a second purifier built into the method: not a per-attack setting of a sweep.
 ATTACK_GRADS = ("full", "autograd", "adjoint", "bpda")
+# Defences of fastpurify.evaluation.defences besides the methods: the classifier alone, the auxiliary network
+# alone, DiffPure in front of the auxiliary network.
+BASELINES = ("none", "aux", "diffpure+aux")
 # Fields that never change a result: not part of the config id, free to change when resuming.
 # build_method's own methods (DDPM chains, their settings in fastpurify.methods.DIGITS); other names are presets.
 GUIDED_OR_MULTI = ("agdm", "gdmp-mse", "gdmp-ssim", "multiround")
@@ -77,16 +81,21 @@ class MethodConfig:
 
 @dataclass
 class AttackConfig:
+    """One attack of the ensemble: the fields of `fastpurify.attacks.AttackSpec`, with its defaults."""
+
     name: str = ""                 # unique name in the ensemble
-    kind: str = "pgd"              # PGD with EOT (fastpurify.attacks.pgd_eot)
+    kind: str = "pgd"              # pgd | per_step | joint | forward_only | blind | aux (attacks/adaptive.py)
     loss: str = "ce"               # ce | margin | dlr
-    steps: int = 10
+    steps: int = 20
+    eot: int = 4
     step_size: float | None = None  # default 2.5·eps/steps
-    eot: int = 1
+    random_start: bool = True
     grad: str = ""                 # gradient mode through the purifier ("" = the sweep's grad)
-    random_start: bool = False
-    best_iterate: bool = True      # each sample's iterate with the lowest EOT accuracy (then margin), not the last
-    eot_chunk: int = 0             # rows per forward during EOT; 0 = all (memory only, never the result)
+    variant: str = ""              # an attack-side purifier variant of the defence (e.g. AGDM's "detach")
+    weight: float = 1.0            # joint: weight of the auxiliary term …
+    kappa: float = 5.0             # … and its cap
+    states: int = 10               # per_step: intermediate states in the loss
+    cascade: bool = False          # attack only the samples no earlier attack has broken on every selection draw
 
 
 @dataclass
@@ -95,12 +104,14 @@ class SweepConfig:
     eps: float = 0.0
     norm: str = "linf"
     n_reevals: int = 5
+    n_select: int = 0              # S selection draws per candidate (0 = N)
     seed: int = 0
     batch_size: int = 16
     grad: str = "full"
     device: str = "cpu"
     dtype: str = "fp32"
     backend: str = ""              # op backend ("" = automatic)
+    eot_chunk: int = 0             # most rows per forward call inside attacks; 0 = all (memory only, never results)
     ensemble: str = ""             # name of the attack ensemble ("" = the attack names joined by '+')
     threads: int = 0               # torch threads per process (0 = torch's default)
     save_adv: bool = False         # adversarial images into per-rank safetensors shards
@@ -258,7 +269,7 @@ def method_names() -> list[str]:
     from ...methods import DIGITS
     from ...presets import preset_names
 
-    return ["none", *DIGITS, *[p for p in preset_names() if p not in DIGITS]]
+    return [*BASELINES, *DIGITS, *[p for p in preset_names() if p not in DIGITS]]
 
 
 def validate(cfg: SweepConfig) -> SweepConfig:
@@ -272,6 +283,7 @@ def validate(cfg: SweepConfig) -> SweepConfig:
     need(cfg.norm in NORMS, f"norm must be one of {NORMS}, got {cfg.norm!r}")
     need(cfg.n_reevals >= 1, f"n_reevals (N) must be >= 1, got {cfg.n_reevals}")
     need(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
+    need(cfg.n_select >= 0 and cfg.eot_chunk >= 0, "n_select and eot_chunk must be >= 0 (0: the default)")
     need(cfg.threads >= 0 and cfg.grid >= 0, "threads and grid must be >= 0")
     need(cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}")
     need(cfg.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {cfg.dtype!r}")
@@ -374,14 +386,15 @@ def _check_methods(cfg: SweepConfig) -> None:
         guided = m.name.startswith(("agdm", "gdmp"))
         if m.scale is not None and not guided:
             raise ConfigError(f"{where}: scale is a guidance scale; {m.name!r} has no guidance")
-        if m.steps is not None and (m.name == "none" or m.name in GUIDED_OR_MULTI):
+        if m.steps is not None and (m.name in BASELINES or m.name in GUIDED_OR_MULTI):
             raise ConfigError(f"{where}: steps applies to presets only (diffpure, ddpm, ddim, …)")
         if m.steps is not None and m.steps < 1:
             raise ConfigError(f"{where}: steps must be >= 1")
-        if m.name.startswith("agdm") and not cfg.model.aux:
+        if (m.name.startswith("agdm") or m.name in ("aux", "diffpure+aux")) and not cfg.model.aux:
             raise ConfigError(f"{where}: AGDM needs model.aux (its auxiliary network; 'digits' for the embedded one)")
-        if m.name != "none" and any(a.grad == "adjoint" for a in cfg.attacks):
-            sampler = "ddpm" if m.name in GUIDED_OR_MULTI else get_preset(m.name).sampler
+        if m.name not in ("none", "aux") and any(a.grad == "adjoint" for a in cfg.attacks):
+            sampler = ("ddpm" if m.name in GUIDED_OR_MULTI else "vpsde" if m.name == "diffpure+aux"
+                       else get_preset(m.name).sampler)
             if sampler != "vpsde":
                 raise ConfigError(f"{where}: an attack uses grad='adjoint', the VP-SDE adjoint, but {m.name!r} "
                                   f"samples with {sampler!r}; use grad='full'")
@@ -399,16 +412,19 @@ def _check_attacks(cfg: SweepConfig) -> None:
     for a in cfg.attacks:
         where = f"attacks.{a.name}"
         if a.kind not in ATTACK_KINDS:
-            raise ConfigError(f"{where}: unknown kind {a.kind!r}; this sweep runs {ATTACK_KINDS} "
-                              "(APGD, BPDA variants and adaptive attacks come with the evaluation protocol)")
+            raise ConfigError(f"{where}: unknown kind {a.kind!r}; expected one of {ATTACK_KINDS}")
         if a.loss not in ATTACK_LOSSES:
             raise ConfigError(f"{where}: unknown loss {a.loss!r}; expected one of {ATTACK_LOSSES}")
-        if a.steps < 0 or a.eot < 1 or a.eot_chunk < 0:
-            raise ConfigError(f"{where}: need steps >= 0, eot >= 1, eot_chunk >= 0")
+        if a.steps < 1 or a.eot < 1 or a.states < 1:
+            raise ConfigError(f"{where}: need steps >= 1, eot >= 1, states >= 1")
         if a.grad not in ATTACK_GRADS:
             raise ConfigError(f"{where}: grad must be one of {ATTACK_GRADS}, got {a.grad!r}")
         if a.step_size is not None and a.step_size <= 0:
             raise ConfigError(f"{where}: step_size must be > 0, got {a.step_size}")
+        if a.variant and a.kind != "pgd":
+            raise ConfigError(f"{where}: a purifier variant is for 'pgd' attacks only")
+        if a.kind in ("aux", "joint") and not cfg.model.aux:
+            raise ConfigError(f"{where}: a {a.kind!r} attack targets the auxiliary network: set model.aux")
 
 
 # ------------------------------------------------------------------------------------------------ identity

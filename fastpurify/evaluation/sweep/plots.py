@@ -70,8 +70,8 @@ def write_plots(report: dict, dest: Path) -> dict:
         _save(fig, dest / "robust_vs_t_star.png", plt)
         written["robust vs t*"] = "robust_vs_t_star.png"
 
-    # Accuracy vs attack iterations: per-step curves when the records carry them (EOT accuracy of the best iterate
-    # so far, on the attack's draws); else each attack alone vs its step count, attacks that differ only in
+    # Accuracy vs attack iterations: per-step curves from the batch lines (EOT accuracy of the best iterate so far,
+    # on the attack's own draws); else each attack alone vs its step count, attacks that differ only in
     # their step count forming a line.
     fig, ax = plt.subplots(figsize=(5, 4))
     drawn, per_step = False, False
@@ -104,7 +104,7 @@ def _load_images(mg: Merged, method: str, ids: list[int]) -> dict | None:
     """clean / adv / purified tensors of `ids` from the saved safetensors shards, or None if any is missing."""
     from safetensors import safe_open
 
-    rows = {"clean": [], "adv": [], "purified": []}
+    rows = {"clean": [], "adv": [], "purified": [], "purified_pred": []}
     for i in ids:
         rec = mg.rows[method].get(i)
         if rec is None or not rec.get("adv_path"):
@@ -137,7 +137,8 @@ def sample_grids(mg: Merged, dest: Path) -> list[dict]:
         write_png(dest / file, image_grid([imgs["clean"], imgs["adv"], imgs["purified"]], scale=4))
         recs = [mg.rows[method][i] for i in ids]
         g = {"method": method, "file": file, "ids": ids, "labels": [r["label"] for r in recs],
-             "clean_preds": [r["clean_preds"][0] for r in recs], "adv_preds": [r["adv_preds"][0] for r in recs]}
+             "clean_preds": [r["clean_preds"][0] for r in recs], "adv_preds": [r["adv_preds"][0] for r in recs],
+             "purified_preds": imgs["purified_pred"].reshape(-1).tolist()}
         labeled = _labeled_grid(imgs, g, dest / f"grid_{safe}_labeled.png")
         if labeled:
             g["labeled_file"] = labeled
@@ -152,7 +153,7 @@ def _labeled_grid(imgs: dict, g: dict, path: Path) -> str | None:
     k = imgs["clean"].shape[0]
     fig, axes = plt.subplots(3, k, figsize=(1.2 * k, 4), squeeze=False)
     titles = [[f"y={y} p={p}" for y, p in zip(g["labels"], g["clean_preds"])], ["adv"] * k,
-              [f"p={p}" for p in g["adv_preds"]]]
+              [f"p={p}" for p in g["purified_preds"]]]
     for row, kind in enumerate(("clean", "adv", "purified")):
         for j in range(k):
             img = imgs[kind][j].float().clamp(0, 1)

@@ -4,7 +4,8 @@
 share one) and appends one line per (sample, method, attack ensemble), with flush + fsync after every batch.
 A line is complete only when it ends with a newline and parses; a killed process leaves at most one partial last
 line, which readers report and ignore, so its sample is simply redone.  When a rank finishes its slice it writes
-`shard-r{rank}-a{attempt}.done` (record count, sha256 of its ids, seconds spent) atomically.
+`shard-r{rank}-a{attempt}.done` (record count, sha256 of its ids, seconds spent) atomically.  Batch-level
+statistics (for the masking checks) go to `batch-r{rank}-a{attempt}.jsonl`, one line after each batch's records.
 Adversarial images go to `adv/r{rank}-a{attempt}-b{batch}.safetensors` (tmp + os.replace) before their records.
 
 Fault injection for the crash tests: FASTPURIFY_SWEEP_FAULT="r{rank}:kill-mid-line:{k}" makes that rank write
@@ -27,7 +28,7 @@ RECORDS_DIR, ADV_DIR = "records", "adv"
 # Outcome fields: what two records of the same (sample, method) must agree on to count as duplicates of one
 # result.  Identity, placement and cost fields (rank, attempt, timestamp, wall_s, adv_path…) may differ.
 OUTCOME_FIELDS = ("label", "clean_preds", "clean_correct", "adv_preds", "adv_correct", "winner", "attacks",
-                  "margin", "clean_margin", "linf", "l2")
+                  "margin", "linf", "l2")
 FLOAT_TOL = 1e-4  # margins and norms may differ in the last bits with batch composition (float reassociation)
 
 
@@ -50,10 +51,12 @@ class RecordWriter:
             except FileExistsError:
                 self.attempt += 1
         self.path, self.file = path, os.fdopen(fd, "w")
+        self.batch_file = open(self.dir / f"batch-r{rank}-a{self.attempt}.jsonl", "a")  # noqa: SIM115 (closed in finish)
         self.count, self.ids, self.io_s = 0, [], 0.0
         self._fault = _parse_fault(rank)
 
-    def write(self, records: list[dict]) -> None:
+    def write(self, records: list[dict], batch: dict | None = None) -> None:
+        """Append the records of one batch (then its batch line, if any), flushed and fsync'ed."""
         t0 = time.perf_counter()
         for r in records:
             line = _dumps(r) + "\n"
@@ -66,10 +69,15 @@ class RecordWriter:
             self.ids.append((r["method"], r["sample_id"]))
         self.file.flush()
         os.fsync(self.file.fileno())
+        if batch is not None:
+            self.batch_file.write(_dumps(batch) + "\n")
+            self.batch_file.flush()
+            os.fsync(self.batch_file.fileno())
         self.io_s += time.perf_counter() - t0
 
     def finish(self, summary: dict) -> None:
         self.file.close()
+        self.batch_file.close()
         ids = "".join(f"{m}\t{i}\n" for m, i in sorted(self.ids))
         done = {"rank": self.rank, "attempt": self.attempt, "records": self.count,
                 "ids_sha256": hashlib.sha256(ids.encode()).hexdigest(), "io_s": round(self.io_s, 4), **summary}
@@ -122,6 +130,22 @@ def read_shards(out: Path) -> list[ShardFile]:
             sf.done = json.loads(done.read_text())
         shards.append(sf)
     return sorted(shards, key=lambda s: (s.rank, s.attempt))
+
+
+def read_batches(out: Path, config_id: str) -> list[dict]:
+    """The batch lines (masking-check statistics) of one config, complete lines only; a batch cut by a crash has
+    none, so its statistics are left out of the aggregates (its samples' records are redone and counted)."""
+    lines = []
+    d = Path(out) / RECORDS_DIR
+    for path in sorted(d.glob("batch-r*-a*.jsonl")) if d.is_dir() else []:
+        for line in path.read_bytes().split(b"\n")[:-1]:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and rec.get("config_id") == config_id:
+                lines.append(rec)
+    return lines
 
 
 def finished_pairs(shards: list[ShardFile], config_id: str) -> set[tuple[str, int]]:
