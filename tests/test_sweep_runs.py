@@ -153,3 +153,20 @@ def test_truncated_last_line_is_detected_and_redone(reference, tmp_path):
     new = next(s for s in read_shards(out) if s.attempt == summary["attempt"])
     assert [(r["method"], r["sample_id"]) for r in new.records] == [lost]
     _assert_same_results(reference, out)
+
+
+def test_attacks_that_do_not_apply_to_a_method_are_left_out(tmp_path):
+    """AGDM (with its auxiliary network) and the classifier alone under one ensemble with an attack on φ: the
+    classifier alone runs without it, and the report says n/a instead of inventing a number."""
+    out = tmp_path / "agdm"
+    _run_here(out, 'methods=[{name="none"}, {name="agdm", t_star=5}]', 'model.aux="digits"',
+              'attacks=[{name="pgd-full", steps=1, eot=1}, {name="aux-ce", kind="aux", steps=2, eot=1}]', "data.n=2",
+              "batch_size=2")
+    rows = _outcomes(out)
+    assert rows[("none", 0)]["ensemble_run"] == ["pgd-full"] and "aux-ce" not in rows[("none", 0)]["attacks"]
+    assert rows[("agdm@5", 0)]["ensemble_run"] == ["pgd-full", "aux-ce"]
+    rep = write_report(out)
+    assert set(rep["results"][0]["attacks"]) == {"pgd-full"} and set(rep["results"][1]["attacks"]) == {"pgd-full",
+                                                                                                    "aux-ce"}
+    assert "| none | 2 |" in (out / "report" / "report.md").read_text() and "n/a" in (out / "report" /
+                                                                                     "report.md").read_text()
