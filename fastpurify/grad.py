@@ -55,6 +55,9 @@ class _RecomputedStep(torch.autograd.Function):
     def forward(ctx, body, u, context, leaf):
         ctx.body, ctx.leaf = body, leaf
         ctx.save_for_backward(u)
+        # The recompute must see the same random draws as this pass if the network uses torch's RNG (dropout left
+        # on, stochastic layers): keep the generator state to replay it (as torch.utils.checkpoint does).
+        ctx.rng = _rng_state(u.device)
         # Forward runs without a graph (autograd.Function forward is no-grad); guidance hooks still take their own
         # local autograd.grad inside, which is why torch's non-reentrant checkpoint cannot be used here.
         return body(u)
@@ -64,7 +67,9 @@ class _RecomputedStep(torch.autograd.Function):
     def backward(ctx, grad):
         (u,) = ctx.saved_tensors
         want_ctx = ctx.leaf is not None and ctx.needs_input_grad[2]
-        with torch.enable_grad():
+        devices = [u.device] if u.device.type == "cuda" else []
+        with torch.enable_grad(), torch.random.fork_rng(devices=devices):
+            _set_rng_state(u.device, ctx.rng)
             uu = u.detach().requires_grad_(True)
             out = ctx.body(uu)
             inputs = (uu, ctx.leaf) if want_ctx else (uu,)
@@ -72,6 +77,17 @@ class _RecomputedStep(torch.autograd.Function):
             grads = torch.autograd.grad(out, inputs, grad, retain_graph=want_ctx, allow_unused=True)
         gu = grads[0] if grads[0] is not None else torch.zeros_like(u)
         return None, gu, grads[1] if want_ctx else None, None
+
+
+def _rng_state(device: torch.device):
+    cpu = torch.get_rng_state()
+    return cpu, (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def _set_rng_state(device: torch.device, state) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
 
 
 class StepCheckpoint:
