@@ -202,10 +202,12 @@ def guidance_weights(g: torch.Tensor, w, max_norm: float | None = None) -> torch
 
 
 # ---------------------------------------------------------------------------------------------- noise
-def _check_draw(seeds: torch.Tensor, B: int, n: int) -> None:
-    if not isinstance(seeds, torch.Tensor) or seeds.dim() != 1 or seeds.dtype != torch.int64 or seeds.shape[0] != B:
+def _check_draw(seeds: torch.Tensor, B: int | None, n: int) -> None:
+    """seeds: (B,) int64 (any B when B is None);  n elements per sample, each with its own uint32 Philox counter."""
+    if (not isinstance(seeds, torch.Tensor) or seeds.dim() != 1 or seeds.dtype != torch.int64
+            or (B is not None and seeds.shape[0] != B)):
         got = f"{seeds.dtype} {tuple(seeds.shape)}" if isinstance(seeds, torch.Tensor) else type(seeds).__name__
-        raise ValueError(f"seeds must be an int64 tensor of shape ({B},), got {got}")
+        raise ValueError(f"seeds must be an int64 tensor of shape ({'B' if B is None else B},), got {got}")
     if not 0 <= n < 2 ** 32:
         raise ValueError(f"at most 2^32 - 1 elements per sample (the Philox element word), got {n}")
 
@@ -226,7 +228,7 @@ def philox_bits(seeds: torch.Tensor, n: int, *, step: int, purpose: int, round: 
                 backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The first two Philox4x32-10 words (r0, r1) of elements 0..n−1 of each sample's stream: two (B, n) int64
     tensors of uint32 values, those behind `normal` (reference/philox.py).  For bit-for-bit checks of a backend."""
-    _check_draw(seeds, seeds.shape[0] if isinstance(seeds, torch.Tensor) and seeds.dim() == 1 else -1, n)
+    _check_draw(seeds, None, n)
     impl = select("philox_bits", seeds.device, torch.float32, backend,
                   f"seeds={tuple(seeds.shape)} {seeds.device.type}")
     return impl.fns["fwd"](seeds.contiguous(), int(n), step, purpose, round)

@@ -31,9 +31,8 @@ def _philox_bits_fwd_kernel(seeds_ptr, out_ptr, B, n, step, purpose, round, BLOC
     mask = offs < n
     r0, r1 = philox_words(tl.load(seeds_ptr + b), offs.to(tl.uint32), step.to(tl.uint32), purpose.to(tl.uint32),
                           round.to(tl.uint32))
-    base = b.to(tl.int64) * n
-    tl.store(out_ptr + base + offs, r0.to(tl.int64), mask=mask)
-    tl.store(out_ptr + B.to(tl.int64) * n + base + offs, r1.to(tl.int64), mask=mask)
+    tl.store(out_ptr + b.to(tl.int64) * n + offs, r0.to(tl.int64), mask=mask)
+    tl.store(out_ptr + (B + b).to(tl.int64) * n + offs, r1.to(tl.int64), mask=mask)  # B may be a constexpr 1
 
 
 def _grid(B: int, n: int):
