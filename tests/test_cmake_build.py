@@ -2,8 +2,8 @@
 CMake builds the same sources beside it (README, "Backends and build").
 
 Default lane: the torch-free noise target (csrc/cpu/noise.cpp) and its ctest — Philox known answers and Box–Muller
-accuracy over every u1 and u2 on every instruction set this CPU runs (≈ 15 s).  Slow lane (-m slow): the whole build
-(ops, CUDA kernels where a toolkit is found, the Python module) and all three ctests (≈ 3 min on 2 cores)."""
+accuracy over every u1 and u2 on every instruction set this CPU runs (≈ 11 s).  Slow lane (-m slow): the whole build
+(ops, CUDA kernels where a toolkit is found, the Python module) and all three ctests (≈ 4 min on 2 cores)."""
 
 import os
 import shutil
