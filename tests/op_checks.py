@@ -266,8 +266,8 @@ def check_forced_backend_end_to_end(backend, device="cpu"):
     m = tiny_diffusion(device)
     x = torch.rand((3, 1, 8, 8), generator=torch.Generator().manual_seed(4)).to(device)
     w = torch.randn(x.shape, generator=torch.Generator().manual_seed(6)).to(device)
-    adjoint = Purifier(m, "diffpure", t_star=0.02, grad="adjoint")
-    gdmp = Purifier(m, "ddpm", t_star=20, guidance=GDMPGuidance(GDMPConfig(distance="mse", guide_scale=1e4, ptb=38.0)))
+    adjoint = Purifier(m, "diffpure", t_star=0.01, grad="adjoint")  # 10 steps: the interpreter is slow
+    gdmp = Purifier(m, "ddpm", t_star=10, guidance=GDMPGuidance(GDMPConfig(distance="mse", guide_scale=1e4, ptb=38.0)))
     start = PGDConfig(eps=0.1, steps=0, step_size=0.01, random_start=True)
     ids = torch.arange(3, device=device)
     results = {}

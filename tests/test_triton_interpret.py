@@ -88,9 +88,10 @@ def test_purify_agrees_with_torch(preset, kw):
     C.check_purify_agrees(B, preset, kw, grad=preset == "ddpm" and "steps" not in kw)
 
 
-@pytest.mark.parametrize("shape", [REALISTIC, ODD, (2, 1), (1, 1), (1, 1025)])
+@pytest.mark.parametrize("shape", [ODD, (2, 1), (1, 1), (1, 1025)])
 def test_philox_words_and_normals(shape):
-    """Bit-identical words; normals from libdevice-equivalent log/cos within the tolerance of tests/test_philox.py."""
+    """Bit-identical words; normals from libdevice-equivalent log/cos within the tolerance of tests/test_philox.py.
+    (The realistic size runs through the same philox_normal in test_forward_diffuse.)"""
     seeds = derive_seeds(5, torch.arange(shape[0])) - (1 << 62)
     n = torch.Size(shape[1:]).numel()
     got = ops.philox_bits(seeds, n, step=11, purpose=1, round=3, backend=B)
