@@ -9,8 +9,8 @@ from torch import nn
 
 from . import ops
 from .grad import GRAD_LABELS, StepCheckpoint, check_mode, straight_through
-from .presets import Preset, Resolved, resolve
 from .ops.reference.philox import FORWARD, derive_seeds
+from .presets import Preset, Resolved, resolve
 from .samplers import NoiseStreams, respaced_indices, sample_ddim, sample_ddpm, sample_vpsde, vpsde_grid
 from .samplers.schedules import get_vpsde_schedule
 from .validate import check_images, check_seed

@@ -9,8 +9,7 @@ import platform
 
 def available_backends() -> dict[str, dict]:
     """{backend: {'available': bool, 'reason': str | None, 'ops': [...]}} for torch, cpu (C++), triton, cuda."""
-    from . import ops
-    from .ops import _ext  # noqa: F401  (registers the ops)
+    from .ops import _ext  # importing fastpurify.ops registers every op × backend
     from .ops.registry import _REGISTRY
 
     reasons = {"torch": None, "cpu": _ext.load_error(), "triton": _ext.triton_error(), "cuda": _ext.cuda_error()}
