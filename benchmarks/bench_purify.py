@@ -50,6 +50,7 @@ MODELS = {
     "ncsnpp-1.8m": ("diffpure-cifar10", 8, 20, 3, False),
     "ncsnpp-full": ("diffpure-cifar10", 1, 5, 2, True),
 }
+KEEP_ALL = 1 << 40  # bytes: more than any step count here needs
 # name: Purifier options.  Eager fp32 is the reference; graphs only where they can capture (CUDA).
 VARIANTS = {
     "eager-fp32": {},
@@ -58,6 +59,11 @@ VARIANTS = {
     "compiled-fp32": dict(compile=True),
     "compiled-fp32-cl": dict(compile=True, channels_last=True),
     "compiled-bf16-cl": dict(compile=True, precision="bf16", channels_last=True),
+    # 'full' keeping every step's activations from the forward pass (grad_memory: no recompute; exact; memory grows
+    # with the steps, recorded as kept_bytes).  Purify rows skip these (nothing to keep without a gradient).
+    "eager-fp32-keep": dict(grad_memory=KEEP_ALL),
+    "compiled-fp32-keep": dict(compile=True, grad_memory=KEEP_ALL),
+    "compiled-fp32-cl-keep": dict(compile=True, channels_last=True, grad_memory=KEEP_ALL),
     "graphed-fp32": dict(graphs=True),
     "graphed-bf16": dict(graphs=True, precision="bf16"),
     "compiled-graphed-bf16": dict(compile=True, graphs=True, precision="bf16"),
@@ -182,7 +188,9 @@ _EAGER: dict = {}  # (model, mode) → (median s, value, gradient) of eager fp32
 def _tolerance(opts: dict) -> tuple[float, float] | None:
     if opts.get("precision", "fp32") != "fp32":
         return TOLERANCE[opts["precision"]]
-    return TOLERANCE["compile"] if opts else None  # eager fp32 is the reference itself
+    if opts.get("compile") or opts.get("channels_last"):
+        return TOLERANCE["compile"]
+    return (0.0, 1e-6) if opts else None  # kept activations: the same kernels on the same values as the recompute
 
 
 def _cases():
@@ -199,6 +207,8 @@ def _cases():
 def test_purify(benchmark, name, mode, variant):
     preset, batch, cpu_steps, rounds, _ = MODELS[name]
     opts = VARIANTS[variant]
+    if opts.get("grad_memory") and mode != "full":
+        pytest.skip("grad_memory applies to the 'full' gradient only")
     if opts.get("graphs") and not CUDA:
         pytest.skip("CUDA graphs need a CUDA device (graphs=True raises on the CPU; the static path is tested)")
     steps = _steps_override().get(name, None if CUDA else cpu_steps)
@@ -234,7 +244,7 @@ def test_purify(benchmark, name, mode, variant):
                 compile_seconds=pur.grad_config()["speed"].get("compile_seconds"), value_max_abs_diff=dv,
                 grad_rel_err=dg, tolerance=_tolerance(opts), gflop_per_call=flops / 1e9, gflop_per_s=flops / med / 1e9,
                 sgemm_gflop_per_s=_sgemm_gflops(), precision_support=pur.grad_config()["speed"]["precision_support"],
-                graphs=pur.grad_config()["speed"]["graphs"], threads=torch.get_num_threads(), torch=torch.__version__,
+                graphs=pur.grad_config()["speed"]["graphs"], kept=pur.last_kept, threads=torch.get_num_threads(), torch=torch.__version__,
                 fastpurify=fastpurify.__version__, commit=_commit(), loadavg_1min=os.getloadavg()[0], **_machine())
     if CUDA:
         info["peak_mem_mib"] = torch.cuda.max_memory_allocated() / 2**20

@@ -45,6 +45,8 @@ FLOOR = 20  # seconds kept for each later step (and the report)
 # Dense spec-sheet peaks (FLOP/s) for MFU; an unknown GPU gets only the measured-matmul ratio.
 _HOPPER = {"bf16": 989e12, "tf32": 495e12, "fp32": 67e12}  # H100/H200 SXM (H200: same compute, more HBM)
 PEAKS = {"H100": _HOPPER, "H200": _HOPPER, "A100": {"bf16": 312e12, "tf32": 156e12, "fp32": 19.5e12}}
+# Spec-sheet HBM bandwidth (GB/s); the measured device-to-device copy is the achievable ceiling next to it.
+HBM_GB_PER_S = {"H200": 4800, "H100 80GB HBM3": 3350, "H100": 3350, "A100": 2039}
 LEE_KIM = dict(images=512, pgd_steps=200, eot=20, nfe=100)  # CIFAR-10 DiffPure, t* = 0.1: 100 steps per purification
 
 
@@ -194,6 +196,20 @@ def summarize_purify(rows: list[dict], gpu: str | None, matmul: dict) -> dict:
     return {"rows": table, "lee_kim_projection": projection}
 
 
+def mark_verified(gpu: str | None, out: Path) -> dict:
+    """registry.mark_gpu_verified for the CUDA and Triton backends once the GPU lane passed.  On a GPU it writes the
+    package's fastpurify/ops/gpu_verified.json (commit it with the results); a dry run writes a scratch copy in out/
+    under a made-up device name, so the call itself is exercised on the CPU."""
+    from fastpurify.ops.registry import mark_gpu_verified
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                            check=False).stdout.strip() or None
+    if gpu:
+        return mark_gpu_verified(("cuda", "triton"), commit=commit)
+    return mark_gpu_verified(("cuda", "triton"), commit=commit, path=out / "gpu_verified.json",
+                             gpu="dry run (no GPU)", capability=(0, 0))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results/<gpu>/)")
@@ -227,6 +243,17 @@ def main(argv=None) -> int:
     def limit(step: str, later: int) -> float:
         return min(LIMITS[step], t_end - time.perf_counter() - FLOOR * (later + 1))
 
+    def section(name: str, fn):
+        """An in-process section: its result, or its error recorded in report['errors'] (the rest goes on)."""
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - every failure is recorded, none loses the report
+            report.setdefault("errors", {})[name] = f"{type(e).__name__}: {e}"[:2000]
+            print(f"  {name}: ERROR {type(e).__name__}: {e}", flush=True)
+            return None
+        finally:
+            save()
+
     def step(name: str, later: int, cmd, env=None) -> dict:
         r = report["steps"][name] = _run(cmd, limit(name, later), env, out / f"{name}.log")
         save()
@@ -240,8 +267,7 @@ def main(argv=None) -> int:
     else:
         report["steps"]["build"] = {"skip_reason": "--skip-build" if args.skip_build else
                                     ("no GPU" if not gpu else "installed _C already has CUDA kernels")}
-    report["fastpurify_info"] = _info()
-    save()
+    report["fastpurify_info"] = section("info", _info)
 
     # 2. tests (the GPU lane; in a dry run: the CPU static-buffer tests of the same file, as a script check)
     if "tests" not in skip:
@@ -252,13 +278,19 @@ def main(argv=None) -> int:
                "-p", "no:cacheprovider"]
         r = step("tests", 4, cmd)
         r.update(_junit(xml))
-        report["gpu_tests_passed"] = bool(gpu) and r["rc"] == 0
+        passed = r["rc"] == 0 and not r["timed_out"] and r.get("tests", 0) > r.get("skipped", 0)
+        report["gpu_tests_passed"] = bool(gpu) and passed
+        # Passed on a GPU (test_gpu_backends_are_available requires both kernel backends): from now on the automatic
+        # choice on this kind of GPU puts them first (fastpurify/ops/gpu_verified.json; commit it with the results).
+        # A dry run goes through the same call on a scratch file in the output folder.
+        if passed:
+            report["gpu_verified"] = section("gpu_verified", lambda: mark_verified(gpu, out))
         save()
 
     # 3. copy bandwidth and matmul rate (in this process: seconds)
-    report["copy_gb_per_s"] = round(_copy_bandwidth_gbps(device, (1 << 30) if gpu else (1 << 24)), 1)
-    report["matmul_flop_per_s"] = _matmul_flops(device, 8192 if gpu else 256)
-    save()
+    copy = section("copy", lambda: _copy_bandwidth_gbps(device, (1 << 30) if gpu else (1 << 24)))
+    report["copy_gb_per_s"] = copy and round(copy, 1)
+    report["matmul_flop_per_s"] = section("matmul", lambda: _matmul_flops(device, 8192 if gpu else 256)) or {}
 
     # 4. op benchmarks: the fused step op against the copy bandwidth
     if "ops" not in skip:
@@ -268,9 +300,12 @@ def main(argv=None) -> int:
                f"--benchmark-json={bench_json}", "-p", "no:cacheprovider"]
         step("ops", 3, cmd, {"FASTPURIFY_BENCH_DEVICE": device, "FASTPURIFY_BENCH_DTYPES": args.dtypes if gpu else
                              "fp32", "FASTPURIFY_BENCH_THREADS": "" if gpu else "1"})
-        report["benchmarks"] = _bench_rows(bench_json, report["copy_gb_per_s"])
+        report["benchmarks"] = section("ops_rows", lambda: _bench_rows(bench_json, report["copy_gb_per_s"])) or []
         steps = [r for r in report["benchmarks"] if r["op"] == "sampler_step" and r["provider"] != "torch"]
         report["step_op_best_pct_of_copy"] = max((r["pct_of_copy"] or 0 for r in steps), default=None)
+        hbm = next((v for k, v in HBM_GB_PER_S.items() if gpu and k in gpu), None)
+        best = max((r["gb_per_s"] for r in steps), default=None)
+        report["step_op_best_pct_of_spec_hbm"] = hbm and best and round(100 * best / hbm, 1)
         save()
 
     # 5–6. purification matrices (each child appends one JSON line per configuration)
@@ -282,24 +317,28 @@ def main(argv=None) -> int:
         cmd = [sys.executable, "benchmarks/gpu_purify.py", "--model", model, "--out", str(rows_path),
                "--budget", str(max(budget - 15, 1))] + (["--dry-run"] if not gpu else [])
         step(model, 1 - i, cmd)
-        report["purify"] = summarize_purify(_purify_rows(rows_path), gpu, report["matmul_flop_per_s"])
-        save()
+        report["purify"] = section("summary", lambda: summarize_purify(_purify_rows(rows_path), gpu,
+                                                                       report["matmul_flop_per_s"]))
 
     # 7. report
     runs = [s for s in report["steps"].values() if "rc" in s]
-    report["ok"] = all(s["rc"] == 0 and not s["timed_out"] for s in runs)
+    report["ok"] = all(s["rc"] == 0 and not s["timed_out"] for s in runs) and not report.get("errors")
     save()
     _print_summary(report, out)
     return 0 if report["ok"] else 1
 
 
 def _print_summary(report: dict, out: Path) -> None:
-    print(f"  copy   {report['copy_gb_per_s']} GB/s; step op best {report.get('step_op_best_pct_of_copy')} % of it")
-    for r in report.get("purify", {}).get("rows", []):
+    print(f"  copy   {report['copy_gb_per_s']} GB/s; step op best {report.get('step_op_best_pct_of_copy')} % of it, "
+          f"{report.get('step_op_best_pct_of_spec_hbm')} % of the spec HBM bandwidth")
+    for name, err in (report.get("errors") or {}).items():
+        print(f"  ERROR in {name}: {err[:300]}")
+    purify = report.get("purify") or {}
+    for r in purify.get("rows", []):
         ratio = r["ratio_vs_eager_fp32"]
         print(f"  {r['model']:6s} b{r['batch']:<4d} {r['mode']:6s} {r['variant']:22s} {r['images_per_s']:9.2f} img/s "
               f"x{ratio or 0:5.2f} vs eager fp32  MFU {100 * (r['mfu_vs_spec'] or 0):5.1f} % (spec)")
-    lk = report.get("purify", {}).get("lee_kim_projection")
+    lk = purify.get("lee_kim_projection")
     if lk:
         print(f"  Lee & Kim (512 × PGD-200 × EOT-20, exact): {lk['gpu_hours']:.1f} GPU-hours ({lk['from_row']})")
     print(f"gpu_check: {'ok' if report['ok'] else 'FAILED'} in {report['total_seconds']} s; "

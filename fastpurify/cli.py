@@ -1,4 +1,4 @@
-"""The `fastpurify` command: `demo`, `train-digits`, `train-aux`, `info`."""
+"""The `fastpurify` command: `demo`, `compare`, `sweep`, `train-digits`, `train-aux`, `info`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import sys
 COMMANDS = {
     "demo": ("fastpurify.evaluation.demo", "attack and purify on the embedded digits models; writes report.json and grid.png"),
     "compare": ("fastpurify.evaluation.compare", "none / diffpure / gdmp / agdm / multiround under the same attack (digits)"),
+    "sweep": ("fastpurify.evaluation.sweep", "methods × attack ensemble over many images; torchrun-sharded, "
+              "resumable; status and report"),
     "train-digits": ("fastpurify.zoo.train_digits", "retrain the embedded digits DDPM and classifier"),
     "train-aux": ("fastpurify.zoo.train_aux", "TRADES-train the auxiliary network for adversarial guidance (AGDM)"),
     "info": ("fastpurify.info", "versions, build and available backends (--json)"),

@@ -11,14 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .api import per_sample_seeds
+from .api import InferenceModule, per_sample_seeds
 from .ops.reference.philox import derive_seeds
 
 AGGREGATIONS = ("logits", "softmax", "vote")
 _RUN_SALT = 3 << 40
 
 
-class MultiRound(nn.Module):
+class MultiRound(InferenceModule):
     """x → p_R(… p_2(p_1(x))): each purifier in `rounds` runs with round word r (its noise stream).  Any purifier
     taking (x, seed=, round=) works, so guided purifiers compose too."""
 
@@ -32,14 +32,19 @@ class MultiRound(nn.Module):
     def nfe(self) -> int:
         return sum(p.config.nfe for p in self.rounds)
 
-    def forward(self, x: torch.Tensor, seed=None) -> torch.Tensor:
+    @property
+    def last_nfe(self) -> int | None:
+        counts = [p.last_nfe for p in self.rounds]
+        return None if None in counts else sum(counts)
+
+    def forward(self, x: torch.Tensor, seed=None, grad: str | None = None, trace: list | None = None) -> torch.Tensor:
         seeds = per_sample_seeds(seed, x.shape[0], x.device)
         for r, purifier in enumerate(self.rounds):
-            x = purifier(x, seed=seeds, round=r)
+            x = purifier(x, seed=seeds, round=r, grad=grad, trace=trace)
         return x
 
 
-class EnsembleClassifier(nn.Module):
+class EnsembleClassifier(InferenceModule):
     """Aggregate classifier(purifier(x)) over n_runs independent purifications.
 
     'logits': mean logits (DiffPure's BPDA defence check); 'softmax': log of the mean probabilities;
@@ -55,14 +60,15 @@ class EnsembleClassifier(nn.Module):
         if n_runs < 1:
             raise ValueError(f"n_runs must be >= 1, got {n_runs}")
         self.purifier, self.classifier, self.n_runs, self.aggregate, self.seed = (
-            purifier, classifier, n_runs, aggregate, seed)
+            purifier, classifier.eval(), n_runs, aggregate, seed)
 
-    def forward(self, x: torch.Tensor, seed=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, seed=None, grad: str | None = None) -> torch.Tensor:
+        self._ensure_eval()
         base = per_sample_seeds(self.seed if seed is None else seed, x.shape[0], x.device)
         outs = []
         for run in range(self.n_runs):
             seeds = derive_seeds(base, torch.full_like(base, _RUN_SALT + run))
-            outs.append(self.classifier(self.purifier(x, seed=seeds)))
+            outs.append(self.classifier(self.purifier(x, seed=seeds, grad=grad)))
         logits = torch.stack(outs)  # (N, B, classes)
         if self.aggregate == "logits":
             return logits.mean(0)

@@ -55,6 +55,9 @@ class _RecomputedStep(torch.autograd.Function):
     def forward(ctx, body, u, context, leaf):
         ctx.body, ctx.leaf = body, leaf
         ctx.save_for_backward(u)
+        # The recompute must see the same random draws as this pass if the network uses torch's RNG (dropout left
+        # on, stochastic layers): keep the generator state to replay it (as torch.utils.checkpoint does).
+        ctx.rng = _rng_state(u.device)
         # Forward runs without a graph (autograd.Function forward is no-grad); guidance hooks still take their own
         # local autograd.grad inside, which is why torch's non-reentrant checkpoint cannot be used here.
         return body(u)
@@ -64,7 +67,9 @@ class _RecomputedStep(torch.autograd.Function):
     def backward(ctx, grad):
         (u,) = ctx.saved_tensors
         want_ctx = ctx.leaf is not None and ctx.needs_input_grad[2]
-        with torch.enable_grad():
+        devices = [u.device] if u.device.type == "cuda" else []
+        with torch.enable_grad(), torch.random.fork_rng(devices=devices):
+            _set_rng_state(u.device, ctx.rng)
             uu = u.detach().requires_grad_(True)
             out = ctx.body(uu)
             inputs = (uu, ctx.leaf) if want_ctx else (uu,)
@@ -74,19 +79,44 @@ class _RecomputedStep(torch.autograd.Function):
         return None, gu, grads[1] if want_ctx else None, None
 
 
+def _rng_state(device: torch.device):
+    cpu = torch.get_rng_state()
+    return cpu, (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def _set_rng_state(device: torch.device, state) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
 class StepCheckpoint:
     """Callable `(body, u) → body(u)` for the samplers' `checkpoint=` argument: 'full' mode's per-step recompute.
 
     context: the tensor the guidance hook is bound to (x_in), or None.  Bind the hook to `.leaf`, not to context.
+    keep_bytes: activations the forward pass may keep instead of recomputing (no guidance only).  While the bytes
+    kept so far plus the last kept step's size fit, a step runs with its autograd graph (its backward skips the
+    recompute: one network forward fewer); the rest are recomputed.  The gradient is the same either way (the same
+    kernels on the same values); memory grows by at most keep_bytes (the first kept step is measured, so it alone
+    may exceed a budget smaller than one step).
     """
 
-    def __init__(self, context: torch.Tensor | None = None):
+    def __init__(self, context: torch.Tensor | None = None, keep_bytes: int = 0, shared=()):
         self.context = context
+        self.shared = {t.untyped_storage().data_ptr() for t in shared}  # weights: saved by every step, kept anyway
         self.leaf = None if context is None else context.detach().requires_grad_(context.requires_grad)
+        self.keep_bytes = keep_bytes if context is None else 0  # a kept graph would end at the leaf, not at x_in
+        self.kept_bytes, self.kept_steps, self._step_bytes = 0, 0, 0
 
     def __call__(self, body: Callable[[torch.Tensor], torch.Tensor], u: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled():
             return body(u)
+        if self.keep_bytes > 0 and self.kept_bytes + self._step_bytes <= self.keep_bytes:
+            out, n = saved_bytes(lambda: body(u), exclude=self.shared)
+            self._step_bytes = max(self._step_bytes, n)
+            self.kept_bytes += n
+            self.kept_steps += 1
+            return out
         return _RecomputedStep.apply(body, u, self.context, self.leaf)
 
 
@@ -148,14 +178,15 @@ def straight_through(value: torch.Tensor, grad_path: torch.Tensor) -> torch.Tens
     return value.detach() + (grad_path - grad_path.detach())
 
 
-def saved_bytes(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Run fn() and count the bytes autograd keeps for backward (unique storages), e.g. to check that 'full' stores
-    one state per step.  Returns (fn's output, bytes)."""
+def saved_bytes(fn: Callable[[], torch.Tensor], exclude=frozenset()) -> tuple[torch.Tensor, int]:
+    """Run fn() and count the bytes autograd keeps for backward (unique storages, less those whose data_ptr is in
+    `exclude`), e.g. to check that 'full' stores one state per step.  Returns (fn's output, bytes)."""
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor):
         st = t.untyped_storage()
-        seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
+        if st.data_ptr() not in exclude:
+            seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

@@ -1,8 +1,8 @@
 """Purification methods as ready purifiers: DiffPure, GDMP, AGDM and multi-round, for any EpsDiffusion.
 
-`build_method(name, model, aux=None, **overrides)` returns an nn.Module with forward(x, seed=None, round=0) and a
+`build_method(name, model, aux=None, **overrides)` returns an nn.Module with forward(x, seed=None, round=0, grad=None) and a
 `.describe()` dict for reports.  Settings for the embedded digits benchmark were chosen on the validation split
-(zoo/weights/digits_methods.json records how); the CIFAR-10 ones follow METHODS.md.
+(`fastpurify compare --tune`; its report records the grid and the choice); the CIFAR-10 ones follow METHODS.md.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from torch import nn
 
-from .api import Purifier
+from .api import InferenceModule, Purifier
 from .ensemble import MultiRound
 from .guidance import AGDMConfig, AGDMGuidance, GDMPConfig, GDMPGuidance
 
@@ -29,7 +29,7 @@ DIGITS = {
 }
 
 
-class MethodPurifier(nn.Module):
+class MethodPurifier(InferenceModule):
     """A purifier plus the description reports need (method, resolved sampler config, guidance settings)."""
 
     def __init__(self, name: str, inner: nn.Module, info: dict):
@@ -40,9 +40,16 @@ class MethodPurifier(nn.Module):
     def nfe(self) -> int:
         return self.info["nfe"]
 
-    def forward(self, x, seed=None, round: int = 0):
-        return self.inner(x, seed=seed) if isinstance(self.inner, MultiRound) else self.inner(x, seed=seed,
-                                                                                               round=round)
+    @property
+    def last_nfe(self) -> int | None:
+        """Network evaluations counted in the last forward pass."""
+        return self.inner.last_nfe
+
+    def forward(self, x, seed=None, round: int = 0, grad: str | None = None, trace: list | None = None):
+        """Purify x; seed, grad and trace as for `Purifier.forward` (grad overrides the mode for this call)."""
+        if isinstance(self.inner, MultiRound):
+            return self.inner(x, seed=seed, grad=grad, trace=trace)
+        return self.inner(x, seed=seed, round=round, grad=grad, trace=trace)
 
     def describe(self) -> dict:
         first = self.inner.rounds[0] if isinstance(self.inner, MultiRound) else self.inner
@@ -76,7 +83,7 @@ def build_method(name: str, model, aux: nn.Module | None = None, *, t_star=None,
         mr = MultiRound(rounds)
         return MethodPurifier(name, mr, {"config": rounds[0].config.as_dict(), "rounds_t": list(s["rounds_t"]),
                                          "nfe": mr.nfe})
-    pur = Purifier(model, s.get("preset", name), t_star=t_star, backend=backend)
+    pur = Purifier(model, s.get("preset", name), t_star=t_star, steps=s.get("steps"), backend=backend)
     return MethodPurifier(name, pur, {"config": pur.config.as_dict(), "nfe": pur.config.nfe})
 
 

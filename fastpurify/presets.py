@@ -100,7 +100,12 @@ def resolve(preset: str | Preset, *, t_star=None, steps: int | None = None) -> R
             raise ValueError(f"preset {p.name!r}: the ddim sampler needs steps")
         if p.steps is not None and p.steps > k:
             raise ValueError(f"steps = {p.steps} exceeds t* = {k} steps of 1000")
-        nfe = p.steps if p.steps is not None else k
+        if p.steps is None:
+            nfe = k
+        else:  # the respacing rule decides how many indices there are (lee_kim can give more than `steps`)
+            from .samplers.schedules import respaced_indices
+
+            nfe = len(respaced_indices(k, p.steps, p.respacing))
     return Resolved(preset=p, k=k, s_star=k / 1000, steps=p.steps, nfe=nfe)
 
 

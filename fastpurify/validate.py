@@ -8,7 +8,9 @@ RANGE_TOL = 1e-4  # attack libraries produce values like −2.98e-08 (torchattac
 
 
 def check_images(x, *, channels: int | None = None, size: int | None = None, name: str = "x") -> torch.Tensor:
-    """x must be a finite float NCHW tensor in [0, 1] (± RANGE_TOL; clamped).  Returns the clamped tensor."""
+    """x must be a finite float NCHW tensor in [0, 1] (± RANGE_TOL).  Returns x clamped to [0, 1] in value only:
+    the clamp is straight-through (gradient 1 everywhere), because torch's clamp has zero gradient at the bounds and
+    would hide every pixel at exactly 0 or 1 from an attacker (EVALUATION.md rule 2)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -30,7 +32,7 @@ def check_images(x, *, channels: int | None = None, size: int | None = None, nam
     if lo < -RANGE_TOL or hi > 1 + RANGE_TOL:
         raise ValueError(f"{name} must be in [0, 1] (tolerance {RANGE_TOL}), got min {lo:.4g}, max {hi:.4g}; "
                          "fastpurify takes unnormalised images, normalisation belongs inside the classifier")
-    return x.clamp(0.0, 1.0)
+    return x + (x.clamp(0.0, 1.0) - x).detach()
 
 
 def check_seed(seed, batch: int, device: torch.device):

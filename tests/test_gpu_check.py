@@ -1,5 +1,7 @@
-"""benchmarks/gpu_check.py cannot be broken by a typo: its CPU dry run goes through every step at tiny sizes, and the
-report's summaries (ratios, MFU, the Lee & Kim projection) are checked on known rows."""
+"""benchmarks/gpu_check.py cannot be broken by a typo: the quick tests run its in-process sections, its error
+recording, the gpu_verified call and the purification matrix (tiny NCSN++, CPU) in seconds; the slow test runs the
+whole --dry-run (every subprocess step at tiny sizes).  The report's summaries (ratios, MFU, the Lee & Kim
+projection) are checked on known rows."""
 
 import importlib.util
 import json
@@ -36,6 +38,58 @@ def test_summary_ratios_mfu_and_lee_kim_projection():
     assert "graphed-bf16" in lk["from_row"]
 
 
+def test_sections_record_errors_and_the_rest_goes_on(tmp_path, monkeypatch):
+    """Every step skipped: the in-process sections run; one that raises is recorded, the report still written."""
+    gc = _load("gpu_check")
+
+    def broken(device, n):
+        raise RuntimeError("matmul exploded")
+
+    monkeypatch.setattr(gc, "_matmul_flops", broken)
+    rc = gc.main(["--dry-run", "--out", str(tmp_path), "--skip", "tests,ops,ncsnpp,adm", "--total", "60"])
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert rc == 1 and not report["ok"]
+    assert report["errors"] == {"matmul": "RuntimeError: matmul exploded"}
+    assert report["copy_gb_per_s"] > 0 and report["matmul_flop_per_s"] == {}
+    assert "backends" in report["fastpurify_info"]
+
+
+def test_mark_verified_dry_run_writes_a_scratch_record(tmp_path):
+    from fastpurify.ops.registry import VERIFIED_PATH, load_verified, verified_priority
+
+    gc = _load("gpu_check")
+    before = VERIFIED_PATH.read_text()
+    record = gc.mark_verified(None, tmp_path)
+    assert VERIFIED_PATH.read_text() == before  # the package's file is only written on a GPU
+    assert load_verified(tmp_path / "gpu_verified.json") == [record]
+    order, _ = verified_priority(record["gpu"], (0, 0), [record], record["fastpurify"], record["torch"])
+    assert order == ("cuda", "triton", "torch")
+
+
+def test_purify_matrix_rows_on_tiny_ncsnpp(tmp_path, monkeypatch):
+    """gpu_purify.py in-process on the CPU: eager, static-buffer ('graphed' off a GPU), bf16 and compiled rows with
+    accuracy against eager fp32, FLOPs counted, purify and full."""
+    from fastpurify.models import fast
+
+    gp = _load("gpu_purify")
+    monkeypatch.setattr(fast, "COMPILE_BACKEND", fast.COMPILE_BACKEND)  # the dry run sets aot_eager: restore after
+    monkeypatch.setattr(gp, "PLANS", {"ncsnpp": [(64, "purify", ["eager-fp32", "graphed-bf16"]),
+                                                 (64, "full", ["eager-fp32", "compiled-graphed-bf16"])]})
+    out = tmp_path / "rows.jsonl"
+    assert gp.main(["--model", "ncsnpp", "--out", str(out), "--dry-run", "--reps", "1", "--budget", "120"]) == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert not [x for x in lines if x["kind"] in ("error", "skip")], lines
+    rows = {(r["mode"], r["variant"]): r for r in lines if r["kind"] == "row"}
+    assert set(rows) == {("purify", "eager-fp32"), ("purify", "graphed-bf16"), ("full", "eager-fp32"),
+                         ("full", "compiled-graphed-bf16")}
+    assert rows[("purify", "eager-fp32")]["flops_per_step"] > 0
+    assert rows[("full", "eager-fp32")]["flops_per_step"] > 2 * rows[("purify", "eager-fp32")]["flops_per_step"]
+    g = rows[("purify", "graphed-bf16")]["graphs"]
+    assert g["setting"] == "static" and g["active"] and not g["capture"]
+    assert 0 < rows[("purify", "graphed-bf16")]["value_max_abs_diff"] < 5e-2
+    assert 0 < rows[("full", "compiled-graphed-bf16")]["grad_rel_err"] < 0.2
+
+
 @pytest.mark.slow
 def test_dry_run_goes_through_every_step(tmp_path):
     gc = _load("gpu_check")
@@ -44,6 +98,7 @@ def test_dry_run_goes_through_every_step(tmp_path):
     assert rc == 0 and report["ok"], json.dumps(report["steps"], indent=1)[-3000:]
     assert set(report["steps"]) == {"build", "tests", "ops", "ncsnpp", "adm"}
     assert report["steps"]["tests"]["tests"] >= 1 and report["steps"]["tests"]["failures"] == 0
+    assert report["gpu_verified"]["gpu"] == "dry run (no GPU)" and not report["gpu_tests_passed"]
     assert report["benchmarks"] and report["copy_gb_per_s"] > 0
     rows = report["purify"]["rows"]
     lines = [json.loads(x) for x in (tmp_path / "purify_rows.jsonl").read_text().splitlines()]

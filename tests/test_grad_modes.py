@@ -38,7 +38,7 @@ class ToyGuidance:
     """A differentiable guidance hook: g = ∇_u −‖tanh u − sin(2x_in − 1)‖² + 0.1·ε̂.  Its value is the same with or
     without an outer graph, and the gradient reaches x through u, ε̂ and the x_in target."""
 
-    def bind(self, x_in, model, seeds, round):
+    def bind(self, x_in, model, seeds, round, backend=None):
         target = torch.sin(2 * x_in - 1)
 
         def hook(u, eps, i):
@@ -110,6 +110,38 @@ def test_full_stores_one_state_per_step(model64):
     per_step = (counts["full", 20] - counts["full", 10]) / 10
     assert per_step <= 1.1 * state + 64  # the state, a coefficient-row view and the step counter
     assert counts["autograd", 20] > 20 * counts["full", 20]
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_full_with_kept_activations_is_the_same_gradient(model64, sampler):
+    """grad_memory: the steps that fit keep their graph (no recompute), the rest are recomputed; same gradient as
+    recomputing every step and as plain autograd, and the memory kept stays within the budget plus one step."""
+    preset, kw = SAMPLERS[sampler]
+    x, w = _data()
+    v_ref, g_ref = _value_and_grad(Purifier(model64, preset, grad="autograd", **kw), x, w)
+    _, g_full = _value_and_grad(Purifier(model64, preset, grad="full", **kw), x, w)
+    weights = {t.untyped_storage().data_ptr() for t in (*model64.parameters(), *model64.buffers())}
+    all_steps = Purifier(model64, preset, grad="full", grad_memory=1 << 40, **kw)
+    xr = x.clone().requires_grad_(True)
+    _, every = saved_bytes(lambda: all_steps(xr, seed=7), exclude=weights)
+    n = all_steps.config.nfe
+    partial = Purifier(model64, preset, grad="full", grad_memory=every // 2, **kw)
+    xr = x.clone().requires_grad_(True)
+    _, half = saved_bytes(lambda: partial(xr, seed=7), exclude=weights)
+    # Kept: at most the budget; the other steps store their state (one image batch each).
+    assert every // 4 < half <= every // 2 + n * x.numel() * x.element_size() + 4096
+    for pur in (all_steps, partial):
+        v, g = _value_and_grad(pur, x, w)
+        assert torch.equal(v, v_ref)
+        torch.testing.assert_close(g, g_full, atol=1e-13, rtol=1e-12)
+        torch.testing.assert_close(g, g_ref, atol=1e-12, rtol=1e-10)
+
+
+def test_grad_memory_is_checked(model64):
+    with pytest.raises(TypeError, match="grad_memory"):
+        Purifier(model64, "ddpm", t_star=10, grad_memory=1.5)
+    with pytest.raises(ValueError, match="grad_memory"):
+        Purifier(model64, "ddpm", t_star=10, grad_memory=-1)
 
 
 def test_bpda_is_identity_backward(model64):

@@ -16,11 +16,14 @@ import torch
 import torch.nn.functional as F
 
 from ..ops.reference.philox import FORWARD, derive_seeds
+from .losses import get_loss, true_class_margin
 
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# objective(x, seeds, y) → (loss to maximise (B,), logits (B, classes) of the attacked model, for tracking)
+Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 # Salts that separate the attack's EOT draws, the fixed-noise draw, random starts and the re-evaluation trials.
-_ATTACK_SALT, _EVAL_SALT, _FIXED_SALT, _START_SALT = 1 << 40, 2 << 40, 4 << 40, 5 << 40
+_ATTACK_SALT, _EVAL_SALT, _FIXED_SALT, _START_SALT, _SELECT_SALT = 1 << 40, 2 << 40, 4 << 40, 5 << 40, 6 << 40
 
 
 def attack_seeds(run_seed: int, ids: torch.Tensor, salt: int, index: int) -> torch.Tensor:
@@ -32,6 +35,17 @@ def attack_seeds(run_seed: int, ids: torch.Tensor, salt: int, index: int) -> tor
 def fixed_noise_seeds(run_seed: int, ids: torch.Tensor) -> torch.Tensor:
     """The one noise draw per sample that a fixed-noise (deterministic white-box) attack and its evaluation share."""
     return attack_seeds(run_seed, ids, _FIXED_SALT, 0)
+
+
+def objective_from(forward: Forward, loss: str = "ce") -> Objective:
+    """The usual objective: a loss of `get_loss` on the logits forward(x, seeds)."""
+    fn = get_loss(loss)
+
+    def objective(x, seeds, y):
+        logits = forward(x, seeds)
+        return fn(logits, y), logits
+
+    return objective
 
 
 @dataclass(frozen=True)
@@ -47,6 +61,8 @@ class PGDConfig:
     l2_step: str = "normalized"     # ℓ2 only: 'normalized' (ADBM) | 'sign' (Lee & Kim's pgd_eot_l2: sign step, then ℓ2 ball)
     eot_chunk: int | None = None    # most rows (image × EOT replica) per forward call; None = all at once
     fixed_noise: bool = False       # the same noise at every step (deterministic white-box); needs eot = 1
+    loss: str = "ce"                # 'ce' | 'margin' | 'dlr' (attacks/losses.py); ignored when an objective is given
+    best_iterate: bool = True       # return each sample's iterate with the lowest EOT accuracy (then margin)
 
     def __post_init__(self):
         if self.norm not in ("linf", "l2"):
@@ -55,41 +71,55 @@ class PGDConfig:
             raise ValueError(f"unknown l2_step {self.l2_step!r}; expected 'normalized' or 'sign'")
         if self.eot < 1 or self.steps < 0 or (self.eot_chunk is not None and self.eot_chunk < 1):
             raise ValueError(f"need eot >= 1, steps >= 0, eot_chunk >= 1 or None; got {self}")
+        if not (self.eps >= 0 and self.step_size >= 0):
+            raise ValueError(f"need eps >= 0 and step_size >= 0; got eps={self.eps}, step_size={self.step_size}")
         if self.fixed_noise and self.eot != 1:
             raise ValueError("fixed_noise replays one noise draw: use eot = 1 (METHODS.md §9)")
+        get_loss(self.loss)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def _grad_and_loss(forward: Forward, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, run_seed: int,
-                   step: int, eot: int, chunk: int | None, fixed: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean over EOT draws of ∇_x CE(forward(x; noise), y), mean CE) per sample.  The batch is replicated eot
-    times (row r·B + b = sample b, draw r) and run in chunks of at most `chunk` rows."""
-    x = x.detach()
+def _draws(x, y, ids, run_seed, step, eot, fixed):
+    """Rows of one EOT evaluation: the batch replicated eot times (row r·B + b = sample b, draw r) and its seeds."""
     B = x.shape[0]
     if fixed:
         seeds = fixed_noise_seeds(run_seed, ids)
     else:
         seeds = torch.cat([attack_seeds(run_seed, ids, _ATTACK_SALT, step * eot + r) for r in range(eot)])
-    sample = torch.arange(B, device=x.device).repeat(eot)
+    return torch.arange(B, device=x.device).repeat(eot), seeds
+
+
+def _eot_pass(objective: Objective, x, y, ids, run_seed, step, eot, chunk, fixed, with_grad: bool):
+    """Per sample: the mean over EOT draws of ∇_x loss (zeros when with_grad is False), of the loss, of the
+    accuracy and of the true-class margin.  Rows run in chunks of at most `chunk`."""
+    x = x.detach()
+    B = x.shape[0]
+    sample, seeds = _draws(x, y, ids, run_seed, step, eot, fixed)
     chunk = sample.shape[0] if chunk is None else chunk
-    grad, loss = torch.zeros_like(x), torch.zeros(B, dtype=torch.float64, device=x.device)
+    grad = torch.zeros_like(x)
+    loss, acc, margin = (torch.zeros(B, dtype=torch.float64, device=x.device) for _ in range(3))
     for s in range(0, sample.shape[0], chunk):
         idx = sample[s:s + chunk]
-        xc = x[idx].requires_grad_(True)
-        ce = F.cross_entropy(forward(xc, seeds[s:s + chunk]), y[idx], reduction="none")
-        (gc,) = torch.autograd.grad(ce.sum() / eot, xc)  # only the input: parameters never get gradients
-        # index_add_ adds rows in index order, so every chunking sums a sample's draws in the same order.
-        grad.index_add_(0, idx, gc)
-        loss.index_add_(0, idx, ce.detach().double() / eot)
-    return grad, loss
+        with torch.set_grad_enabled(with_grad):
+            xc = x[idx].requires_grad_(with_grad)
+            value, logits = objective(xc, seeds[s:s + chunk], y[idx])
+            if with_grad:  # only the input: parameters never get gradients
+                (gc,) = torch.autograd.grad(value.sum() / eot, xc)
+                # index_add_ adds rows in index order, so every chunking sums a sample's draws in the same order.
+                grad.index_add_(0, idx, gc)
+        logits = logits.detach()
+        loss.index_add_(0, idx, value.detach().double() / eot)
+        acc.index_add_(0, idx, (logits.argmax(1) == y[idx]).double() / eot)
+        margin.index_add_(0, idx, true_class_margin(logits, y[idx]).double() / eot)
+    return grad, loss, acc, margin
 
 
 def eot_gradient(forward: Forward, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, run_seed: int,
                  step: int, eot: int, chunk: int | None = None, fixed: bool = False) -> torch.Tensor:
     """Mean over `eot` draws of ∇_x CE(forward(x; fresh noise), y) per sample (vectorised, chunked)."""
-    return _grad_and_loss(forward, x, y, ids, run_seed, step, eot, chunk, fixed)[0]
+    return _eot_pass(objective_from(forward), x, y, ids, run_seed, step, eot, chunk, fixed, True)[0]
 
 
 def random_start(x: torch.Tensor, ids: torch.Tensor, cfg: PGDConfig, run_seed: int) -> torch.Tensor:
@@ -102,20 +132,50 @@ def random_start(x: torch.Tensor, ids: torch.Tensor, cfg: PGDConfig, run_seed: i
     return _project(x, (x + delta).clamp(0, 1), cfg)
 
 
-def pgd_eot(forward: Forward, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, cfg: PGDConfig, *,
-            run_seed: int = 0, progress: Callable[[int], None] | None = None, stats: dict | None = None
-            ) -> torch.Tensor:
-    """Untargeted PGD maximising cross-entropy, gradient averaged over EOT draws.  Returns x_adv in [0, 1].
+def pgd_eot(forward: Forward | None, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, cfg: PGDConfig, *,
+            run_seed: int = 0, objective: Objective | None = None, progress: Callable[[int], None] | None = None,
+            stats: dict | None = None) -> torch.Tensor:
+    """Untargeted PGD maximising `objective` (default: cfg.loss on forward's logits), gradient averaged over EOT
+    draws.  Returns x_adv in [0, 1]: each sample's best iterate (lowest accuracy over its EOT draws, then lowest
+    true-class margin; the final iterate is evaluated too) or, with best_iterate=False, the last one.
 
-    stats: if a dict, filled with 'loss' (mean CE per step), 'zero_grad_frac' (samples whose first gradient is
-    exactly zero: AutoAttack's check_zero_gradients) and 'zero_grad_frac_max' (the worst step)."""
+    stats: if a dict, filled with 'loss' (mean loss per step), 'acc' (mean EOT accuracy of the current iterate per
+    step, final iterate last), 'best_acc' (of the best iterate so far), 'half_steps_x_adv' (what the same attack
+    with steps // 2 iterations returns: a convergence check), 'zero_grad_frac' (samples whose first
+    gradient is exactly zero: AutoAttack's check_zero_gradients), 'zero_grad_elem_frac' (input elements with an
+    exactly zero first gradient: masking that hides single pixels) and the worst step of both ('..._max')."""
+    if objective is None:
+        if forward is None:
+            raise ValueError("pgd_eot needs a forward or an objective")
+        objective = objective_from(forward, cfg.loss)
     x = x.detach()
     x_adv = random_start(x, ids, cfg, run_seed) if cfg.random_start else x.clone()
-    losses, zero = [], []
+    best, best_acc, best_margin = x_adv.clone(), None, None
+    half = None
+    curve = {"loss": [], "acc": [], "best_acc": []}
+    zero, zero_elem = [], []
+
+    def track(x_k, acc, margin):
+        nonlocal best, best_acc, best_margin
+        if best_acc is None:
+            better = torch.ones_like(acc, dtype=torch.bool)
+        else:
+            better = (acc < best_acc) | ((acc == best_acc) & (margin < best_margin))
+        best = torch.where(better.view(-1, *[1] * (x.dim() - 1)), x_k, best)
+        best_acc = acc if best_acc is None else torch.where(better, acc, best_acc)
+        best_margin = margin if best_margin is None else torch.where(better, margin, best_margin)
+        curve["acc"].append(float(acc.mean()))
+        curve["best_acc"].append(float(best_acc.mean()))
+
     for k in range(cfg.steps):
-        grad, loss = _grad_and_loss(forward, x_adv, y, ids, run_seed, k, cfg.eot, cfg.eot_chunk, cfg.fixed_noise)
-        losses.append(float(loss.mean()))
+        grad, loss, acc, margin = _eot_pass(objective, x_adv, y, ids, run_seed, k, cfg.eot, cfg.eot_chunk,
+                                            cfg.fixed_noise, True)
+        track(x_adv, acc, margin)
+        if k == cfg.steps // 2:  # what a run with half the steps returns (same seeds: a prefix of this run)
+            half = best.clone()
+        curve["loss"].append(float(loss.mean()))
         zero.append(float((grad.flatten(1).abs().amax(1) == 0).float().mean()))
+        zero_elem.append(float((grad == 0).float().mean()))
         if cfg.norm == "linf" or cfg.l2_step == "sign":
             step = cfg.step_size * grad.sign()
         else:
@@ -124,8 +184,17 @@ def pgd_eot(forward: Forward, x: torch.Tensor, y: torch.Tensor, ids: torch.Tenso
         x_adv = _project(x, (x_adv + step).clamp(0, 1), cfg)
         if progress is not None:
             progress(k + 1)
+    if cfg.best_iterate:  # the last iterate has not been evaluated yet: one more EOT pass, no gradient
+        _, _, acc, margin = _eot_pass(objective, x_adv, y, ids, run_seed, cfg.steps, cfg.eot, cfg.eot_chunk,
+                                      cfg.fixed_noise, False)
+        track(x_adv, acc, margin)
+        x_adv = best
     if stats is not None:
-        stats.update(loss=losses, zero_grad_frac=zero[0] if zero else 0.0, zero_grad_frac_max=max(zero, default=0.0))
+        if cfg.best_iterate and half is not None:
+            stats["half_steps_x_adv"] = half.detach()
+        stats.update(curve, zero_grad_frac=zero[0] if zero else 0.0, zero_grad_frac_max=max(zero, default=0.0),
+                     zero_grad_elem_frac=zero_elem[0] if zero_elem else 0.0,
+                     zero_grad_elem_frac_max=max(zero_elem, default=0.0))
     return x_adv.detach()
 
 
@@ -141,16 +210,19 @@ def _project(x: torch.Tensor, x_adv: torch.Tensor, cfg: PGDConfig) -> torch.Tens
 
 @torch.no_grad()
 def reevaluate(forward: Forward, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, n: int, *,
-               run_seed: int = 0, batch: int = 256, fixed_noise: bool = False) -> dict:
+               run_seed: int = 0, batch: int = 256, fixed_noise: bool = False, selection: bool = False) -> dict:
     """N fresh purifications of each image (new noise streams, never the attack's): per-sample × per-trial
-    predictions and correctness, and the mean (Avg.Rob), worst-case (all N correct), majority-vote (ties → lowest
-    class index) and logit-average accuracies.  fixed_noise: every trial replays the attack's fixed draw
-    (`fixed_noise_seeds`), so the N trials agree; use n = 1."""
-    preds, logit_sum = [], None
+    predictions and correctness, the per-sample mean true-class margin, and the mean (Avg.Rob), worst-case (all N
+    correct), majority-vote (ties → lowest class index) and logit-average accuracies.  fixed_noise: every trial
+    replays the attack's fixed draw (`fixed_noise_seeds`), so the N trials agree; use n = 1.  selection: draw from
+    the selection stream instead (picking a per-sample worst candidate on draws that are never reported)."""
+    preds, logit_sum, margin = [], None, torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     for j in range(n):
-        seeds = fixed_noise_seeds(run_seed, ids) if fixed_noise else attack_seeds(run_seed, ids, _EVAL_SALT, j)
+        salt = _SELECT_SALT if selection else _EVAL_SALT
+        seeds = fixed_noise_seeds(run_seed, ids) if fixed_noise else attack_seeds(run_seed, ids, salt, j)
         logits = torch.cat([forward(x[b:b + batch], seeds[b:b + batch]) for b in range(0, x.shape[0], batch)])
         preds.append(logits.argmax(1))
+        margin += true_class_margin(logits, y).double() / n
         logit_sum = logits.double() if logit_sum is None else logit_sum + logits.double()
     preds = torch.stack(preds, dim=1)  # (B, N)
     correct = preds == y[:, None]
@@ -165,5 +237,6 @@ def reevaluate(forward: Forward, x: torch.Tensor, y: torch.Tensor, ids: torch.Te
         "logit_average": float((logit_sum.argmax(1) == y).float().mean()),
         "preds": preds.tolist(),
         "correct": correct.int().tolist(),
+        "margin": margin.tolist(),
         "ids": ids.tolist(),
     }

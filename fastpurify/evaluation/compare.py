@@ -1,76 +1,126 @@
-"""`fastpurify compare`: none / DiffPure / GDMP / AGDM / multi-round on the embedded digits benchmark, same attack.
+"""`fastpurify compare`: the purification methods and the honest baselines on the embedded digits benchmark, each
+through the evaluation protocol with its default attack ensemble (adaptive attacks for guided methods included).
 
-Every method is attacked with the same PGD-EOT (gradients through the whole purifier, guidance included), then
-the final adversarial images are re-evaluated with N fresh purifications (mean / worst / majority).
-`--tune` first sweeps the guidance scales on the *validation* split and reports on the held-out split with the
-chosen values; without it the defaults in fastpurify.methods.DIGITS are used (they came from such a sweep).
-Writes DIR/report.json, DIR/compare.png (robust vs clean accuracy) and DIR/t_star.png (robust vs t*).
+Defences: none (the classifier alone), aux (AGDM's TRADES-trained auxiliary network φ alone), diffpure,
+diffpure+aux (DiffPure in front of φ), gdmp-mse, agdm, multiround.  `--tune` first sweeps the guidance settings
+(AGDM: scale, λ_cls/λ_feat, view, window, t*; GDMP: scale; DiffPure: t*) on the *validation* split under a reduced
+ensemble and reports on the held-out split with the chosen values; the tuning grid is the clean–robust frontier
+plot.  Results are cached per defence in DIR/cache/ so an interrupted run resumes where it stopped.
+Writes DIR/report.json, DIR/report.md, DIR/compare.png, and with --tune DIR/frontier.png and DIR/t_star.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from ..attacks import PGDConfig, pgd_eot, reevaluate
-from ..methods import DIGITS, build_method, with_scale
-from .demo import wilson_ci
+from ..attacks.adaptive import default_attacks
+from ..methods import DIGITS
+from .defences import build_defence
+from .protocol import ProtocolConfig, evaluate
+from .stats import half_width
+from .tables import checks_lines, failed_checks, markdown_table
 
-METHODS = ("none", "diffpure", "gdmp-mse", "agdm", "multiround")
-
-
-def evaluate_method(name, purifier, clf, x, y, cfg: PGDConfig, n_eval: int, seed: int) -> dict:
-    """Clean and robust accuracy (mean / worst / majority over n_eval purifications) and seconds per image."""
-    ids = torch.arange(len(x))
-    if purifier is None:
-        def fwd(xb, seeds):
-            return clf(xb)
-    else:
-        def fwd(xb, seeds):
-            return clf(purifier(xb, seed=seeds))
-    t0 = time.time()
-    clean = reevaluate(fwd, x, y, ids, 1 if purifier is None else n_eval, run_seed=seed + 1)
-    t_clean = time.time() - t0
-    x_adv = pgd_eot(fwd, x, y, ids, cfg if purifier is not None else PGDConfig(cfg.eps, 50, 2.5 * cfg.eps / 50),
-                    run_seed=seed)
-    robust = reevaluate(fwd, x_adv, y, ids, 1 if purifier is None else n_eval, run_seed=seed + 2)
-    out = {"method": name, "clean_acc": clean["mean"], "robust_acc": robust["mean"],
-           "clean": {k: clean[k] for k in ("mean", "worst", "majority")},
-           "robust": {k: robust[k] for k in ("mean", "worst", "majority")},
-           "clean_ci95": wilson_ci(clean["mean"], len(x)), "robust_ci95": wilson_ci(robust["mean"], len(x)),
-           "seconds_per_image_purify": round(t_clean / max(1, clean["n"]) / len(x), 4),
-           "grad_mode": "exact (no purifier)"}
-    if purifier is not None:
-        out.update(purifier.describe())
-        out["method"] = name
-    return out
+METHODS = ("none", "aux", "diffpure", "diffpure+aux", "gdmp-mse", "agdm", "multiround")
 
 
-def tune(models, aux, n: int, cfg: PGDConfig, n_eval: int, seed: int, progress) -> dict:
-    """Pick AGDM's s and GDMP's a on the validation split: best robust mean accuracy with clean ≥ 90 %."""
+def _key(*parts) -> str:
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def evaluate_cached(name, models, aux, x, y, ids, *, settings, t_star, steps, eot, cfg: ProtocolConfig, cache: Path,
+                    split: str, log) -> dict:
+    """evaluate() of one defence, read from / written to cache (keyed by everything the result depends on)."""
+    key = _key(name, repr(settings), t_star, split, ids.tolist(), steps, eot, cfg)
+    path = cache / f"{name.replace('+', '_')}-{split}-{key}.json"
+    if path.exists():
+        log(f"{name} ({split}): cached {path.name}")
+        return json.loads(path.read_text())
+    defence = build_defence(name, models.diffusion, models.classifier, aux, settings=settings, t_star=t_star)
+    r = evaluate(defence, x, y, ids, default_attacks(defence, steps=steps, eot=eot), cfg, log=log)
+    r.pop("x_adv")
+    r["split"], r["settings"] = split, repr(settings)
+    cache.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(r) + "\n")
+    log(f"{name} ({split}): clean {r['clean']['mean']:.3f} robust {r['ensemble']['mean']:.3f} ({r['seconds']:.0f} s)")
+    return r
+
+
+def agdm_grid(base) -> list[tuple[str, dict, int | None]]:
+    """One-at-a-time sweeps around the base AGDM setting: (label, settings, t*)."""
+    grid = []
+    for s in (0.0, 300.0, 1000.0, 3000.0):
+        grid.append((f"s={s:g}", {**DIGITS["agdm"], "agdm": replace(base, scale=s)}, None))
+    for lc, lf in ((0.0, 1.0), (1.0, 0.0)):
+        grid.append((f"lambda_cls={lc:g},lambda_feat={lf:g}",
+                     {**DIGITS["agdm"], "agdm": replace(base, lambda_cls=lc, lambda_feat=lf)}, None))
+    grid.append(("view=tweedie", {**DIGITS["agdm"], "agdm": replace(base, view="tweedie")}, None))
+    grid.append(("window=[0,34]", {**DIGITS["agdm"], "agdm": replace(base, window=(0, 34))}, None))
+    for k in (30, 100):
+        grid.append((f"t*={k}", {**DIGITS["agdm"], "agdm": base}, k))
+    return grid
+
+
+def tune(models, aux, *, n: int, steps: int, eot: int, cfg: ProtocolConfig, cache: Path, log) -> dict:
+    """Sweep guidance settings on the validation split under a reduced ensemble; choose per method the largest
+    ensemble robust accuracy with clean accuracy ≥ 90 % (ties: the first, i.e. the smaller scale)."""
     xv, yv = models.val_data()
-    xv, yv = xv[:n], yv[:n]
-    grid = {"agdm": [0.0, 3e3, 1e4, 3e4], "gdmp-mse": [1e4, 1e5, 3e5]}
+    xv, yv, ids = xv[:n], yv[:n], torch.arange(n)
+    grids = {"agdm": agdm_grid(DIGITS["agdm"]["agdm"]),
+             "gdmp-mse": [(f"a={a:g}", {**DIGITS["gdmp-mse"], "gdmp": replace(DIGITS["gdmp-mse"]["gdmp"],
+                                                                               guide_scale=a)}, None)
+                          for a in (1e3, 1e4, 1e5)],
+             "diffpure": [(f"t*={k}", DIGITS["diffpure"], k) for k in (30, 70, 100)]}
     table, chosen = {}, {}
-    for name, scales in grid.items():
+    for method, grid in grids.items():
         rows = []
-        for s in scales:
-            pur = build_method(name, models.diffusion, aux, settings=with_scale(name, s))
-            r = evaluate_method(name, pur, models.classifier, xv, yv, cfg, n_eval, seed)
-            rows.append({"scale": s, "clean": r["clean_acc"], "robust": r["robust_acc"]})
-            progress(f"tune {name} scale={s:g}: clean {r['clean_acc']:.3f} robust {r['robust_acc']:.3f}")
-        ok = [r for r in rows if r["clean"] >= 0.9] or rows
-        chosen[name] = max(ok, key=lambda r: (r["robust"], -r["scale"]))["scale"]
-        table[name] = rows
-    return {"split": "val", "n": n, "grid": table, "chosen": chosen, "rule": "max robust mean s.t. clean >= 0.9"}
+        for label, settings, t_star in grid:
+            r = evaluate_cached(method, models, aux, xv, yv, ids, settings=settings, t_star=t_star, steps=steps,
+                                eot=eot, cfg=cfg, cache=cache, split="val", log=log)
+            rows.append({"label": label, "t_star": t_star, "clean": r["clean"]["mean"],
+                         "robust": r["ensemble"]["mean"], "worst": r["ensemble"]["worst"],
+                         "failed_checks": [c["name"] for c in r["checks"] if c["passed"] is False]})
+        ok = [i for i, r in enumerate(rows) if r["clean"] >= 0.9] or list(range(len(rows)))
+        best = max(ok, key=lambda i: (rows[i]["robust"], -i))
+        chosen[method] = {"label": rows[best]["label"], "settings": grid[best][1], "t_star": grid[best][2]}
+        table[method] = rows
+    return {"split": "val", "n": n, "attack_budget": {"steps": steps, "eot": eot}, "grid": table,
+            "chosen": {m: {"label": c["label"], "t_star": c["t_star"]} for m, c in chosen.items()},
+            "rule": "max ensemble robust mean s.t. clean >= 0.9", "_chosen": chosen}
 
 
-def _plot(path_cmp: Path, path_t: Path, results: list[dict], sweep: dict) -> bool:
+def verdict(results: dict[str, dict]) -> list[str]:
+    """AGDM against φ alone, DiffPure in front of φ, and DiffPure: 'beats' only if its ensemble robust accuracy is
+    higher by more than the interval at no more than 2 points less clean accuracy."""
+    if "agdm" not in results:
+        return []
+    a = results["agdm"]
+    ra, ca, n = a["ensemble"]["mean"], a["clean"]["mean"], a["n_examples"]
+    lines = []
+    for other in ("aux", "diffpure+aux", "diffpure"):
+        if other not in results:
+            continue
+        o = results[other]
+        ro, co = o["ensemble"]["mean"], o["clean"]["mean"]
+        beats = ra - ro > half_width(ro, n) and ca >= co - 0.02
+        lines.append(f"AGDM {'beats' if beats else 'does NOT beat'} {other}: robust {100 * ra:.1f} % vs "
+                     f"{100 * ro:.1f} %, clean {100 * ca:.1f} % vs {100 * co:.1f} %")
+    diag = a.get("diagnostics", {})
+    if "aux_agreement" in diag:
+        k, tot = diag["aux_agreement_count"]
+        lines.append(f"AGDM's purified prediction equals argmax φ(x_adv) in {k} of {tot} reported draws "
+                     f"({100 * diag['aux_agreement']:.1f} %)")
+    return lines
+
+
+def _plot(out: Path, results: dict, tuning: dict | None) -> bool:
     try:
         import matplotlib
 
@@ -78,91 +128,108 @@ def _plot(path_cmp: Path, path_t: Path, results: list[dict], sweep: dict) -> boo
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for r in results:
-        ax.scatter(r["clean_acc"], r["robust_acc"])
-        ax.annotate(r["method"], (r["clean_acc"], r["robust_acc"]), fontsize=8)
-    ax.set_xlabel("clean accuracy"), ax.set_ylabel("robust accuracy (mean over N)")
-    ax.set_title("digits 16x16, PGD-EOT through the purifier")
-    fig.tight_layout(), fig.savefig(path_cmp, dpi=120), plt.close(fig)
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for name, rows in sweep.items():
-        ax.plot([r["t_star"] for r in rows], [r["robust_acc"] for r in rows], marker="o", label=name)
-    ax.set_xlabel("t* (steps of 1000)"), ax.set_ylabel("robust accuracy (mean over N)"), ax.legend()
-    fig.tight_layout(), fig.savefig(path_t, dpi=120), plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for name, r in results.items():
+        ci = r["ensemble"]["mean_ci95"]
+        m = r["ensemble"]["mean"]
+        ax.errorbar(r["clean"]["mean"], m, yerr=[[m - ci[0]], [ci[1] - m]], fmt="o", capsize=3)
+        ax.annotate(name, (r["clean"]["mean"], m), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("clean accuracy (mean over N)"), ax.set_ylabel("robust accuracy, attack ensemble (mean over N)")
+    ax.set_title("digits 16x16, held-out: per-sample worst case over the ensemble", fontsize=9)
+    fig.tight_layout(), fig.savefig(out / "compare.png", dpi=120), plt.close(fig)
+    if tuning:
+        fig, ax = plt.subplots(figsize=(5.5, 4.2))
+        for method, rows in tuning["grid"].items():
+            ax.scatter([r["clean"] for r in rows], [r["robust"] for r in rows], label=method)
+            for r in rows:
+                ax.annotate(r["label"], (r["clean"], r["robust"]), fontsize=6)
+        ax.set_xlabel("clean accuracy"), ax.set_ylabel("robust accuracy (reduced ensemble)"), ax.legend(fontsize=8)
+        ax.set_title("clean–robust frontier on the validation split", fontsize=9)
+        fig.tight_layout(), fig.savefig(out / "frontier.png", dpi=120), plt.close(fig)
+        fig, ax = plt.subplots(figsize=(5, 4))
+        base = {"diffpure": None, "agdm": f"s={DIGITS['agdm']['agdm'].scale:g}"}  # the t* sweep's centre point
+        for method in ("diffpure", "agdm"):
+            pts = sorted((r["t_star"] or 70, r["robust"]) for r in tuning["grid"][method]
+                         if r["t_star"] is not None or r["label"] == base[method])
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+        ax.set_xlabel("t* (steps of 1000)"), ax.set_ylabel("robust accuracy (validation, reduced ensemble)")
+        ax.legend(), fig.tight_layout(), fig.savefig(out / "t_star.png", dpi=120), plt.close(fig)
     return True
 
 
-def run_compare(out: Path, *, n: int = 32, eps: float = 0.15, steps: int = 5, eot: int = 1, n_eval: int = 5,
-                methods=METHODS, t_sweep=(30, 70, 100), do_tune: bool = False, seed: int = 0) -> dict:
+def run_compare(out: Path, *, n: int = 64, eps: float = 0.15, steps: int = 20, eot: int = 4, n_eval: int = 5,
+                methods=METHODS, do_tune: bool = False, tune_n: int = 24, tune_steps: int = 10, tune_eot: int = 1,
+                seed: int = 0, log=None) -> dict:
     from .. import __version__
     from ..zoo import digits, digits_aux
 
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown methods {sorted(unknown)}; known: {', '.join(METHODS)}")
     t_start = time.time()
     models, aux = digits(), digits_aux()
-    cfg = PGDConfig(eps=eps, steps=steps, step_size=2.5 * eps / steps, eot=eot)
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    tuning = tune(models, aux, n, cfg, n_eval, seed, log) if do_tune else None
-    settings = {name: DIGITS.get(name) for name in methods}
-    if tuning:
-        for name, s in tuning["chosen"].items():
-            settings[name] = with_scale(name, s)
+    cache = out / "cache"
+    cfg = ProtocolConfig(eps=eps, n_reevals=n_eval, seed=seed)
+    tuning = None
+    if do_tune:
+        tuning = tune(models, aux, n=tune_n, steps=tune_steps, eot=tune_eot,
+                      cfg=replace(cfg, n_reevals=3, large_eps_n=8), cache=cache, log=log)
+    chosen = tuning.pop("_chosen") if tuning else {}
     x, y = models.test_data()
-    x, y = x[:n], y[:n]
-    results = []
+    x, y, ids = x[:n], y[:n], torch.arange(n)
+    results = {}
     for name in methods:
-        pur = None if name == "none" else build_method(name, models.diffusion, aux, settings=settings[name])
-        results.append(evaluate_method(name, pur, models.classifier, x, y, cfg, n_eval, seed))
-        r = results[-1]
-        log(f"{name:12s} clean {r['clean_acc']:.3f} robust {r['robust_acc']:.3f} (worst {r['robust']['worst']:.3f},"
-            f" majority {r['robust']['majority']:.3f})")
-    sweep = {}
-    for name in ("diffpure", "agdm"):
-        rows = []
-        for k in t_sweep:
-            pur = build_method(name, models.diffusion, aux, t_star=k, settings=settings.get(name))
-            r = evaluate_method(name, pur, models.classifier, x, y, cfg, n_eval, seed)
-            rows.append({"t_star": k, "clean_acc": r["clean_acc"], "robust_acc": r["robust_acc"]})
-            log(f"t* sweep {name} t*={k}: clean {r['clean_acc']:.3f} robust {r['robust_acc']:.3f}")
-        sweep[name] = rows
+        pick = chosen.get(name, {})
+        settings = pick.get("settings", DIGITS.get(name.removesuffix("+aux")) if name != "aux" else None)
+        results[name] = evaluate_cached(name, models, aux, x, y, ids, settings=settings, t_star=pick.get("t_star"),
+                                        steps=steps, eot=eot, cfg=cfg, cache=cache, split="test", log=log)
     out.mkdir(parents=True, exist_ok=True)
-    plotted = _plot(out / "compare.png", out / "t_star.png", results, sweep)
-    report = {"protocol": "evaluate-after-optimizing: final x_adv re-evaluated with N fresh purifications",
-              "dataset": "sklearn digits 16x16, held-out test split", "n_examples": n, "n_reevals": n_eval,
-              "threat_model": {"norm": "linf", "eps": eps}, "attack": {"name": "PGD-EOT", **cfg.as_dict()},
-              "attack_note": "the undefended classifier gets PGD-50 (deterministic, cheap)",
-              "seeds": {"run": seed}, "tuning": tuning, "results": results, "t_star_sweep": sweep,
-              "plots": plotted, "total_s": round(time.time() - t_start, 1),
+    report = {"dataset": "sklearn digits 16x16, held-out test split", "n_examples": n, "n_reevals": n_eval,
+              "threat_model": {"norm": "linf", "eps": eps}, "attack_budget": {"steps": steps, "eot": eot},
+              "tuning": tuning, "results": list(results.values()), "verdict": verdict(results),
+              "failed_checks": failed_checks(list(results.values())), "seed": seed,
+              "seconds": round(time.time() - t_start, 1),
               "versions": {"fastpurify": __version__, "torch": torch.__version__},
               "torch_threads": torch.get_num_threads()}
+    report["plots"] = _plot(out, results, tuning)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(format_table(report) + "\n")
     return report
 
 
 def format_table(report: dict) -> str:
-    lines = [f"fastpurify compare — digits, n = {report['n_examples']}, linf eps = {report['threat_model']['eps']}, "
-             f"PGD {report['attack']['steps']} x EOT {report['attack']['eot']}, N = {report['n_reevals']}",
-             f"{'method':12s} {'clean':>7s} {'robust':>7s} {'worst':>7s} {'majority':>8s} {'NFE':>5s} {'s/img':>7s}"]
-    for r in report["results"]:
-        rb = r["robust"]
-        lines.append(f"{r['method']:12s} {r['clean_acc']:7.1%} {rb['mean']:7.1%} {rb['worst']:7.1%} "
-                     f"{rb['majority']:8.1%} {r.get('nfe', 0):5d} {r['seconds_per_image_purify']:7.4f}")
-    lines.append(f"total {report['total_s']:.0f} s")
+    lines = [f"fastpurify compare — digits, n = {report['n_examples']} held-out, linf eps = "
+             f"{report['threat_model']['eps']}, exact attacks {report['attack_budget']['steps']} steps × EOT "
+             f"{report['attack_budget']['eot']}, N = {report['n_reevals']}", "",
+             markdown_table(report["results"]), "", *report["verdict"], "", "masking checks:",
+             *checks_lines(report["results"])]
+    if report["failed_checks"]:
+        lines.append(f"FAILED CHECKS: {', '.join(report['failed_checks'])}")
+    if report["tuning"]:
+        lines.append(f"tuning (val, n = {report['tuning']['n']}): " + ", ".join(
+            f"{m}: {c['label']}" for m, c in report["tuning"]["chosen"].items()))
+    lines.append(f"total {report['seconds']:.0f} s")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="fastpurify compare", description=__doc__)
     p.add_argument("--out", type=Path, default=Path("compare-out"))
-    p.add_argument("--n", type=int, default=32)
+    p.add_argument("--n", type=int, default=64)
     p.add_argument("--eps", type=float, default=0.15)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--eot", type=int, default=1)
+    p.add_argument("--steps", type=int, default=20, help="PGD iterations of the exact-gradient attacks")
+    p.add_argument("--eot", type=int, default=4)
     p.add_argument("--n-eval", type=int, default=5)
-    p.add_argument("--tune", action="store_true", help="sweep guidance scales on the validation split first")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--tune", action="store_true", help="sweep guidance settings on the validation split first")
+    p.add_argument("--tune-n", type=int, default=24, help="validation images for tuning")
+    p.add_argument("--tune-steps", type=int, default=10, help="exact-attack steps while tuning")
+    p.add_argument("--tune-eot", type=int, default=1, help="EOT draws while tuning")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    report = run_compare(a.out, n=a.n, eps=a.eps, steps=a.steps, eot=a.eot, n_eval=a.n_eval, do_tune=a.tune,
-                         seed=a.seed)
+    report = run_compare(a.out, n=a.n, eps=a.eps, steps=a.steps, eot=a.eot, n_eval=a.n_eval,
+                         methods=tuple(a.methods.split(",")), do_tune=a.tune, tune_n=a.tune_n,
+                         tune_steps=a.tune_steps, tune_eot=a.tune_eot, seed=a.seed)
     print(format_table(report))
     return 0

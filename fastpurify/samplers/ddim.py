@@ -28,9 +28,10 @@ def ddim_coefficients(sched: DDPMSchedule, indices: list[int], eta: float) -> to
 
 
 def sample_ddim(model, u: torch.Tensor, indices: list[int], *, noise, eta: float = 0.0, clip_x0: bool = False,
-                backend: str | None = None, checkpoint: Callable | None = None) -> torch.Tensor:
+                backend: str | None = None, checkpoint: Callable | None = None, trace: list | None = None
+                ) -> torch.Tensor:
     """Steps i → j over consecutive entries of `indices` (descending).  noise: NoiseStreams (None allowed at η = 0).
-    checkpoint(body, u): per-step recompute wrapper (grad.StepCheckpoint), as in sample_ddpm."""
+    checkpoint(body, u): per-step recompute wrapper (grad.StepCheckpoint), as in sample_ddpm.  trace: as there."""
     coef = device_table(ddim_coefficients(model.schedule, indices, eta), u.device, ops.acc_dtype(u.dtype))
     steps = step_counter(len(indices), u.device)
     seeds, round = seeds_of(noise, u, needs_noise=eta > 0.0)
@@ -40,4 +41,6 @@ def sample_ddim(model, u: torch.Tensor, indices: list[int], *, noise, eta: float
             return ops.sampler_step(u, eps, coef, steps[k], seeds, clip=clip_x0, round=round, backend=backend)
 
         u = step(u) if checkpoint is None else checkpoint(step, u)
+        if trace is not None:
+            trace.append(u)
     return u

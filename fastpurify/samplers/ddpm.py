@@ -28,7 +28,7 @@ def ddpm_coefficients(sched: DDPMSchedule, indices: list[int], variance: str) ->
 
 def sample_ddpm(model, u: torch.Tensor, indices: list[int], *, noise, variance: str = "fixedsmall",
                 clip_x0: bool = True, guidance: Callable | None = None, backend: str | None = None,
-                checkpoint: Callable | None = None) -> torch.Tensor:
+                checkpoint: Callable | None = None, trace: list | None = None) -> torch.Tensor:
     """Ancestral steps over consecutive descending DDPM indices (e.g. k−1, …, 0).
 
     noise: NoiseStreams (per-sample seeds; step k draws ξ(seed, k) inside the fused op).
@@ -36,6 +36,8 @@ def sample_ddpm(model, u: torch.Tensor, indices: list[int], *, noise, variance: 
     with K terms g: (K, B, ...) and weights gw: (K, B), summed inside the step.
     checkpoint(body, u) → body(u): runs each step body (UNet, guidance, fused op), e.g. grad.StepCheckpoint, which
     keeps only u per step and recomputes the body in the backward pass (grad='full').
+    trace: a list that receives the state u after every step (differentiable in every grad mode but the adjoint),
+    e.g. for attack losses on intermediate states.
     """
     # Schedule: one coefficient table and one step counter on the device, built once.
     coef = device_table(ddpm_coefficients(model.schedule, indices, variance), u.device, ops.acc_dtype(u.dtype))
@@ -50,4 +52,6 @@ def sample_ddpm(model, u: torch.Tensor, indices: list[int], *, noise, variance: 
             return ops.sampler_step(u, eps, coef, steps[k], seeds, g, gw, clip=clip_x0, round=round, backend=backend)
 
         u = step(u) if checkpoint is None else checkpoint(step, u)
+        if trace is not None:
+            trace.append(u)
     return u

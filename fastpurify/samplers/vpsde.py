@@ -24,12 +24,14 @@ def vpsde_coefficients(grid: list[float], sde: VPSDE) -> torch.Tensor:
 
 
 def sample_vpsde(model, u: torch.Tensor, grid: list[float], *, noise, sde: VPSDE, guidance: Callable | None = None,
-                 backend: str | None = None, checkpoint: Callable | None = None, adjoint: bool = False) -> torch.Tensor:
+                 backend: str | None = None, checkpoint: Callable | None = None, adjoint: bool = False,
+                 trace: list | None = None) -> torch.Tensor:
     """Euler–Maruyama over the descending grid (vpsde_grid); step j draws ξ(seed, j) inside the fused op.
 
     guidance(u, eps, s) → g (scale inside), added to the score −ε/σ (METHODS.md §3.1, guided variant); or (g, gw).
     checkpoint(body, u): per-step recompute wrapper (grad.StepCheckpoint), as in sample_ddpm.
     adjoint: backpropagate with the continuous adjoint (grad.vpsde_adjoint): O(1) memory in steps, input only.
+    trace: a list that receives u after every step (as in sample_ddpm; not with the adjoint).
     """
     coef = device_table(vpsde_coefficients(grid, sde), u.device, ops.acc_dtype(u.dtype))
     steps = step_counter(len(grid) - 1, u.device)
@@ -45,12 +47,14 @@ def sample_vpsde(model, u: torch.Tensor, grid: list[float], *, noise, sde: VPSDE
                                         backend=backend)
 
             u = step(u) if checkpoint is None else checkpoint(step, u)
+            if trace is not None:
+                trace.append(u)
         return u
 
     if not adjoint:
         return run(u)
-    if guidance is not None or checkpoint is not None:
-        raise ValueError("the VP-SDE adjoint takes no guidance and no checkpoint (it stores no per-step state)")
+    if guidance is not None or checkpoint is not None or trace is not None:
+        raise ValueError("the VP-SDE adjoint takes no guidance, checkpoint or trace (it stores no per-step state)")
     from ..grad import vpsde_adjoint
 
     return vpsde_adjoint(model, u, grid, coef, seeds, round, run, backend=backend)

@@ -7,6 +7,7 @@ Weights: `fastpurify/zoo/weights/digits_*.safetensors`, made by `fastpurify trai
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -105,12 +106,17 @@ def _cached_models() -> DigitsModels:
 
 
 def digits() -> DigitsModels:
-    """The embedded digits models (loaded once, frozen, eval mode, CPU)."""
-    return _cached_models()
+    """The embedded digits models (frozen, eval mode, CPU).  Read from disk once; every call returns its own copy,
+    so one caller switching modes or moving devices never changes another caller's models."""
+    return copy.deepcopy(_cached_models())
 
 
 @lru_cache(maxsize=1)
+def _cached_aux() -> torch.nn.Module:
+    return _load_module(build_classifier(), WEIGHTS_DIR / "digits_aux.safetensors")
+
+
 def digits_aux() -> torch.nn.Module:
     """AGDM's auxiliary network φ for the digits: a SmallCNN trained with TRADES (`fastpurify train-aux`,
-    card: weights/digits_aux_card.json; feature layer 'features')."""
-    return _load_module(build_classifier(), WEIGHTS_DIR / "digits_aux.safetensors")
+    card: weights/digits_aux_card.json; feature layer 'features').  Its own copy on every call, as digits()."""
+    return copy.deepcopy(_cached_aux())

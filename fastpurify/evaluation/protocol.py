@@ -1,0 +1,172 @@
+"""The evaluation protocol (../shared/docs/EVALUATION.md), one code path for demo, compare and sweeps.
+
+    clean accuracy on N fresh draws
+    for each attack of the ensemble: its candidate x_adv (only where still needed, for cascaded attacks)
+    per sample, the worst candidate (clean x included) on S *selection* draws (fewest correct, then lowest margin)
+    robust accuracy of the chosen candidates on N fresh *report* draws (never the selection draws): mean / worst
+    (all N correct) / majority, with Wilson intervals; per-attack rows on the same report draws
+    masking checks, each with value and threshold: zero-gradient elements, transfer/BPDA stronger than the exact
+    attack, convergence of the exact attacks, large ε → ~0 %, undefended classifier → ~0 %
+
+Randomness: every draw is keyed by (run seed, sample id, stream, index), so a sample's result does not depend on
+the batch it was evaluated in; report draws share their seeds across candidates (paired comparisons).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..attacks.adaptive import AttackSpec, Defence, run_attack
+from ..attacks.pgd import reevaluate
+from .checks import masking_checks
+from .stats import summarize
+
+PROTOCOL = ("per-sample worst case over an attack ensemble, chosen on S selection draws, reported on N fresh "
+            "purifications (evaluate-after-optimizing)")
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    eps: float
+    norm: str = "linf"
+    n_reevals: int = 5             # N report draws per candidate
+    n_select: int | None = None    # S selection draws per candidate (default N)
+    seed: int = 0
+    eot_chunk: int | None = None   # most rows per forward call inside attacks (memory only)
+    large_eps: float | None = 0.5  # the large-ε check (None: skipped) ...
+    large_eps_n: int = 16          # ... on the first k samples ...
+    large_eps_steps: int = 10      # ... with a plain CE attack, exact gradients
+    near_zero: float = 0.05        # threshold of the '→ ~0 %' checks
+    zero_grad_tol: float = 0.01    # most input elements with an exactly zero first gradient
+
+    def __post_init__(self):
+        if not self.eps >= 0:
+            raise ValueError(f"eps must be >= 0, got {self.eps}")
+        if self.n_reevals < 1 or (self.n_select is not None and self.n_select < 1):
+            raise ValueError(f"need n_reevals >= 1 and n_select >= 1, got {self.n_reevals}, {self.n_select}")
+        if self.norm not in ("linf", "l2"):
+            raise ValueError(f"unknown norm {self.norm!r}; expected 'linf' or 'l2'")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Worst:
+    """The per-sample worst candidate so far (judged on selection draws)."""
+
+    acc: torch.Tensor
+    margin: torch.Tensor
+    winner: list
+    x: torch.Tensor
+    report: torch.Tensor  # (B, N) report-draw predictions of the chosen candidate
+    records: list = field(default_factory=list)
+
+    def offer(self, name: str, rows: torch.Tensor, x_adv: torch.Tensor, sel: dict, rep_preds: torch.Tensor) -> None:
+        acc = torch.tensor(sel["correct"], dtype=torch.float64).mean(1)
+        margin = torch.tensor(sel["margin"], dtype=torch.float64)
+        better = (acc < self.acc[rows]) | ((acc == self.acc[rows]) & (margin < self.margin[rows]))
+        for j, b in enumerate(rows.tolist()):
+            # margins rounded: batched convolutions differ in the last bits between batch compositions
+            self.records[b]["attacks"][name] = {"sel_acc": float(acc[j]), "sel_margin": round(float(margin[j]), 6),
+                                                "preds": rep_preds[j].tolist()}
+            if better[j]:
+                self.acc[b], self.margin[b], self.winner[b] = acc[j], margin[j], name
+                self.x[b], self.report[b] = x_adv[j], rep_preds[j]
+
+
+def evaluate(defence: Defence, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, attacks: list[AttackSpec],
+             cfg: ProtocolConfig, *, log=None) -> dict:
+    """Run the protocol on one defence.  Returns a JSON-ready dict (plus 'x_adv': the chosen candidates) with the
+    clean, per-attack and ensemble rows, per-sample records, masking checks and diagnostics."""
+    log = log or (lambda msg: None)
+    if x.shape[0] == 0:
+        raise ValueError("evaluate needs at least one sample")
+    names = [a.name for a in attacks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"attack names must be unique, got {names}")
+    t_start = time.perf_counter()
+    N = cfg.n_reevals if defence.randomized else 1
+    S = (cfg.n_select or cfg.n_reevals) if defence.randomized else 1
+    fwd = defence.forward_fn()
+
+    # Clean accuracy under the same stochastic protocol; the clean image is the first candidate.
+    clean = reevaluate(fwd, x, y, ids, N, run_seed=cfg.seed)
+    clean_preds = torch.tensor(clean["preds"])
+    nfe_defense = defence.nfe
+    clean_sel = reevaluate(fwd, x, y, ids, S, run_seed=cfg.seed, selection=True)
+    worst = _Worst(acc=torch.tensor(clean_sel["correct"], dtype=torch.float64).mean(1),
+                   margin=torch.tensor(clean_sel["margin"], dtype=torch.float64), winner=["clean"] * len(x),
+                   x=x.detach().clone(), report=clean_preds.clone(),
+                   records=[{"id": int(i), "label": int(t), "clean_preds": p, "attacks": {}}
+                            for i, t, p in zip(ids.tolist(), y.tolist(), clean["preds"])])
+    rows, stats_by_name = [], {}
+    for spec in attacks:
+        active = torch.arange(len(x)) if not spec.cascade else (worst.acc > 0).nonzero()[:, 0]
+        row = {"attack": spec.name, "spec": spec.as_dict(), "n_attacked": int(active.numel())}
+        if active.numel() == 0:
+            rows.append({**row, "skipped": "no sample left to break"})
+            continue
+        log(f"{defence.name}: {spec.name} on {active.numel()} samples")
+        x_adv, st = run_attack(defence, spec, x[active], y[active], ids[active], eps=cfg.eps, norm=cfg.norm,
+                               run_seed=cfg.seed, eot_chunk=cfg.eot_chunk)
+        sel = reevaluate(fwd, x_adv, y[active], ids[active], S, run_seed=cfg.seed, selection=True)
+        rep = reevaluate(fwd, x_adv, y[active], ids[active], N, run_seed=cfg.seed)
+        rep_preds = torch.tensor(rep["preds"])
+        worst.offer(spec.name, active, x_adv, sel, rep_preds)
+        half = st.pop("half_steps_x_adv", None)
+        if spec.exact and half is not None:  # the same attack with half the steps, on the same report draws
+            st["half_steps"] = summarize(torch.tensor(reevaluate(fwd, half, y[active], ids[active], N,
+                                                                 run_seed=cfg.seed)["preds"]), y[active])
+        stats_by_name[spec.name] = st
+        if spec.kind == "blind":  # the undefended classifier on its own adversarial images (a sanity check)
+            with torch.no_grad():
+                row["undefended_acc"] = float((defence.classifier(x_adv).argmax(1) == y[active]).float().mean())
+        rows.append({**row, **summarize(rep_preds, y[active]), "stats": st})
+
+    ensemble = summarize(worst.report, y)
+    ensemble["winners"] = {n: worst.winner.count(n) for n in ["clean", *names] if worst.winner.count(n)}
+    for rec, w, preds in zip(worst.records, worst.winner, worst.report.tolist()):
+        rec.update(winner=w, adv_preds=preds, clean_correct=[int(p == rec["label"]) for p in rec["clean_preds"]],
+                   adv_correct=[int(p == rec["label"]) for p in preds])
+    result = {
+        "defence": defence.describe(), "protocol": PROTOCOL, "config": cfg.as_dict(), "n_examples": len(x),
+        "n_reevals": N, "n_select": S, "nfe_defense": nfe_defense,
+        "nfe_attack": sum(st["nfe_attack"] or 0 for st in stats_by_name.values()),
+        "clean": summarize(clean_preds, y), "attacks": rows, "ensemble": ensemble,
+    }
+    result["diagnostics"] = _diagnostics(defence, worst, y)
+    large = _large_eps(defence, x, y, ids, cfg, log) if defence.randomized and cfg.large_eps else None
+    result["large_eps"] = large
+    result["checks"] = masking_checks(defence, attacks, rows, stats_by_name, large, cfg)
+    result["records"] = worst.records
+    result["seconds"] = round(time.perf_counter() - t_start, 2)
+    result["x_adv"] = worst.x
+    return result
+
+
+@torch.no_grad()
+def _diagnostics(defence: Defence, worst: _Worst, y: torch.Tensor) -> dict:
+    """For a defence with an auxiliary network: how often the purified prediction equals argmax φ(x_adv) — at 100 %
+    the defence's decision is φ's, and the purifier adds nothing an attack on φ would not break."""
+    if defence.aux is None:
+        return {}
+    aux_pred = defence.aux(worst.x).argmax(1)
+    agree = worst.report == aux_pred[:, None]
+    return {"aux_agreement": float(agree.float().mean()), "aux_agreement_count": [int(agree.sum()), agree.numel()],
+            "aux_accuracy_on_chosen": float((aux_pred == y).float().mean())}
+
+
+def _large_eps(defence: Defence, x, y, ids, cfg: ProtocolConfig, log) -> dict:
+    """A plain CE attack with exact gradients at a large ε (almost any image is reachable): must reach ~0 %."""
+    k = min(len(x), cfg.large_eps_n)
+    spec = AttackSpec("large-eps-ce", steps=cfg.large_eps_steps, eot=1, random_start=False)
+    log(f"{defence.name}: large-eps check (eps {cfg.large_eps}) on {k} samples")
+    x_adv, st = run_attack(defence, spec, x[:k], y[:k], ids[:k], eps=cfg.large_eps, norm=cfg.norm,
+                           run_seed=cfg.seed, eot_chunk=cfg.eot_chunk)
+    rep = reevaluate(defence.forward_fn(), x_adv, y[:k], ids[:k], min(cfg.n_reevals, 2), run_seed=cfg.seed)
+    return {"eps": cfg.large_eps, "n_examples": k, "attack": spec.as_dict(), "mean": rep["mean"],
+            "worst": rep["worst"], "majority": rep["majority"], "seconds": st["seconds"]}

@@ -1,0 +1,462 @@
+"""Sweep configuration: one TOML file (read with the standard library), `--set key=value` overrides, and a full
+validation before any work starts.
+
+    out = "runs/digits"            # output directory (records, manifest, report)
+    eps = 0.15                     # threat model on the [0, 1] scale
+    norm = "linf"
+    n_reevals = 5                  # N fresh purifications per evaluation
+    [data]      dataset, split, path, labels, subset, n, ids, ids_file, data_seed
+    [model]     diffusion, classifier (files or "digits"), their kinds, aux (AGDM's auxiliary network)
+    [[methods]] name (none | build_method name | preset), label, t_star, steps, scale
+    [[attacks]] name, kind, loss, steps, eot, step_size, random_start, grad, variant, weight, kappa, states, cascade
+
+Attacks are `fastpurify.attacks.AttackSpec`s run by the evaluation protocol (`fastpurify.evaluation.protocol`).
+The config id is a hash of every field that can change a result; fields that only change how the work is done
+(out, batch_size, threads, quiet, save_adv, grid, device index) are left out, so a resumed sweep may change them.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomllib
+
+from ...attacks.adaptive import default_step_size
+
+DATASETS = ("digits", "cifar10", "imagenet")
+SUBSETS = ("first", "seeded")
+DTYPES = ("fp32", "fp64", "fp16", "bf16")
+NORMS = ("linf", "l2")
+ATTACK_KINDS = ("pgd", "per_step", "joint", "forward_only", "blind", "aux")   # fastpurify.attacks.adaptive.KINDS
+ATTACK_LOSSES = ("ce", "margin", "dlr")  # fastpurify.attacks.losses
+# 'surrogate' needs a second purifier built into the method: not a per-attack setting of a sweep.
+ATTACK_GRADS = ("full", "autograd", "adjoint", "bpda")
+# Defences of fastpurify.evaluation.defences besides the methods: the classifier alone, the auxiliary network
+# alone, DiffPure in front of the auxiliary network.
+BASELINES = ("none", "aux", "diffpure+aux")
+# Fields that never change a result: not part of the config id, free to change when resuming.
+# build_method's own methods (DDPM chains, their settings in fastpurify.methods.DIGITS); other names are presets.
+GUIDED_OR_MULTI = ("agdm", "gdmp-mse", "gdmp-ssim", "multiround")
+RUNTIME_FIELDS = ("out", "batch_size", "threads", "quiet", "save_adv", "grid")
+
+
+class ConfigError(ValueError):
+    """A sweep configuration that cannot run; the message names the field and the problem."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "digits"        # digits | cifar10 | imagenet
+    split: str = "test"            # digits: test | val | train; cifar10 (pickle batches): test | train
+    path: str = ""                 # cifar10: cifar-10-batches-py dir or images .npy; imagenet: ImageFolder val dir
+    labels: str = ""               # cifar10 as .npy: the labels .npy
+    subset: str = "first"          # first: ids 0..n-1; seeded: n ids drawn with data_seed (sorted)
+    n: int = 0                     # 0: the whole split
+    ids: list[int] = field(default_factory=list)   # explicit ids (index in the full split); overrides subset
+    ids_file: str = ""             # one id per line: an int, or an ImageFolder path (RobustBench's id list)
+    data_seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    diffusion: str = "digits"      # "digits" (embedded) or a checkpoint for fastpurify.load_diffusion
+    diffusion_kind: str = ""       # load_diffusion kind ("" = detect)
+    classifier: str = "digits"     # "digits" or a state_dict for fastpurify.load_classifier
+    classifier_kind: str = ""
+    normalize: str = ""            # load_classifier normalize ("" = its default)
+    aux: str = ""                  # AGDM's auxiliary network: "digits" or a classifier file
+
+
+@dataclass
+class MethodConfig:
+    name: str = ""                 # none | diffpure | agdm | gdmp-mse | gdmp-ssim | multiround | a preset name
+    label: str = ""                # unique name in records and reports (default: name, with t* when given)
+    t_star: int | float | None = None
+    steps: int | None = None       # presets only: sampler steps (respacing)
+    scale: float | None = None     # guided methods: the guidance scale
+
+
+@dataclass
+class AttackConfig:
+    """One attack of the ensemble: the fields of `fastpurify.attacks.AttackSpec`, with its defaults."""
+
+    name: str = ""                 # unique name in the ensemble
+    kind: str = "pgd"              # pgd | per_step | joint | forward_only | blind | aux (attacks/adaptive.py)
+    loss: str = "ce"               # ce | margin | dlr
+    steps: int = 20
+    eot: int = 4
+    step_size: float | None = None  # default eps/4 (fastpurify.attacks.adaptive.default_step_size)
+    random_start: bool = True
+    grad: str = ""                 # gradient mode through the purifier ("" = the sweep's grad)
+    variant: str = ""              # an attack-side purifier variant of the defence (e.g. AGDM's "detach")
+    weight: float = 1.0            # joint: weight of the auxiliary term …
+    kappa: float = 5.0             # … and its cap
+    states: int = 10               # per_step: intermediate states in the loss
+    cascade: bool = False          # attack only the samples no earlier attack has broken on every selection draw
+
+
+@dataclass
+class SweepConfig:
+    out: str = ""
+    eps: float = 0.0
+    norm: str = "linf"
+    n_reevals: int = 5
+    n_select: int = 0              # S selection draws per candidate (0 = N)
+    seed: int = 0
+    batch_size: int = 16
+    grad: str = "full"
+    device: str = "cpu"
+    dtype: str = "fp32"
+    backend: str = ""              # op backend ("" = automatic)
+    eot_chunk: int = 0             # most rows per forward call inside attacks; 0 = all (memory only, never results)
+    ensemble: str = ""             # name of the attack ensemble ("" = the attack names joined by '+')
+    threads: int = 0               # torch threads per process (0 = torch's default)
+    save_adv: bool = False         # adversarial images into per-rank safetensors shards
+    grid: int = 8                  # images in the report's sample grid (their purified views are saved too)
+    quiet: bool = False            # no progress bars
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    methods: list[MethodConfig] = field(default_factory=list)
+    attacks: list[AttackConfig] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+def _coerce(value, hint, where: str):
+    """Check `value` against the type hint (int, float, str, bool, list[int], X | None, dataclasses)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[-1])
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{where}.{i}") for i, v in enumerate(value)]  # --set spelling
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint!r}")
+
+
+def _build(cls, raw, where: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'}: expected a table, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown field{'s' if len(unknown) > 1 else ''} "
+                          f"{', '.join(repr(_join(where, k)) for k in unknown)}; known: {', '.join(names)}")
+    return cls(**{k: _coerce(v, hints[k], _join(where, k)) for k, v in raw.items()})
+
+
+def _join(where: str, key) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def parse_value(text: str):
+    """A --set value in TOML syntax (0.5, true, [1, 2], "x"); anything else is taken as a plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """`a.b.c=value` into the raw dict; list items by index (`methods.0.t_star=50`)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key=value")
+    key, text = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {assignment!r}: empty key")
+    node = raw
+    for i, p in enumerate(parts[:-1]):
+        where = ".".join(parts[:i + 1])
+        if isinstance(node, list):
+            if not p.isdigit() or int(p) >= len(node):
+                raise ConfigError(f"--set {key}: {where} is not an index of a list of {len(node)}")
+            node = node[int(p)]
+        else:
+            node = node.setdefault(p, {})
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"--set {key}: {where} is not a table")
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"--set {key}: {last!r} is not an index of a list of {len(node)}")
+        node[int(last)] = parse_value(text)
+    else:
+        node[last] = parse_value(text)
+
+
+def load_config(path, overrides=()) -> SweepConfig:
+    """Read, override, validate and resolve a sweep config; raises ConfigError naming the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    for o in overrides:
+        apply_override(raw, o)
+    cfg = _build(SweepConfig, raw, "")
+    return validate(resolve_defaults(cfg, base=path.parent))
+
+
+# ------------------------------------------------------------------------------------------------ resolving
+def _method_label(m: MethodConfig) -> str:
+    if m.label:
+        return m.label
+    return m.name if m.t_star is None else f"{m.name}@{m.t_star:g}"
+
+
+def resolve_defaults(cfg: SweepConfig, base: Path) -> SweepConfig:
+    """Fill every default that depends on other fields, so the stored config says exactly what ran.
+    Relative data and model paths are resolved against the config file's directory, out against the current one."""
+    cfg = dataclasses.replace(cfg)
+    for m in cfg.methods:
+        m.label = _method_label(m)
+    for a in cfg.attacks:
+        a.grad = a.grad or cfg.grad
+        if a.step_size is None and a.steps > 0:
+            a.step_size = default_step_size(cfg.eps)
+    if not cfg.ensemble:
+        cfg.ensemble = "+".join(a.name for a in cfg.attacks)
+
+    def fix(p: str) -> str:
+        return "" if not p or p == "digits" else str((base / p).resolve()) if not os.path.isabs(p) else p
+
+    d, m = cfg.data, cfg.model
+    d.path, d.labels, d.ids_file = fix(d.path), fix(d.labels), fix(d.ids_file)
+    m.diffusion = "digits" if m.diffusion == "digits" else fix(m.diffusion)
+    m.classifier = "digits" if m.classifier == "digits" else fix(m.classifier)
+    m.aux = m.aux if m.aux in ("", "digits") else fix(m.aux)
+    if cfg.out:
+        cfg.out = cfg.out if os.path.isabs(cfg.out) else str(Path(cfg.out).resolve())
+    return cfg
+
+
+def method_names() -> list[str]:
+    from ...methods import DIGITS
+    from ...presets import preset_names
+
+    return [*BASELINES, *DIGITS, *[p for p in preset_names() if p not in DIGITS]]
+
+
+def validate(cfg: SweepConfig) -> SweepConfig:
+    """Every check that needs no model or data loaded (those follow in plan.py, still before any work)."""
+    def need(ok: bool, msg: str):
+        if not ok:
+            raise ConfigError(msg)
+
+    need(bool(cfg.out), "out: the output directory is required")
+    need(cfg.eps >= 0, f"eps must be >= 0, got {cfg.eps}")
+    need(cfg.norm in NORMS, f"norm must be one of {NORMS}, got {cfg.norm!r}")
+    need(cfg.n_reevals >= 1, f"n_reevals (N) must be >= 1, got {cfg.n_reevals}")
+    need(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
+    need(cfg.n_select >= 0 and cfg.eot_chunk >= 0, "n_select and eot_chunk must be >= 0 (0: the default)")
+    need(cfg.threads >= 0 and cfg.grid >= 0, "threads and grid must be >= 0")
+    need(cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}")
+    need(cfg.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {cfg.dtype!r}")
+    need(cfg.grad in ATTACK_GRADS, f"grad must be one of {ATTACK_GRADS}, got {cfg.grad!r}")
+    _check_device(cfg.device)
+    if cfg.backend:
+        from ...ops.registry import BACKEND_NAMES
+
+        need(cfg.backend in BACKEND_NAMES, f"backend must be one of {BACKEND_NAMES} or empty, got {cfg.backend!r}")
+    _check_data(cfg.data)
+    _check_model(cfg.model, cfg)
+    _check_methods(cfg)
+    _check_attacks(cfg)
+    return cfg
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, …)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be cpu or cuda, got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: CUDA is not available on this machine")
+
+
+def _exists(path: str, what: str) -> None:
+    if not path:
+        raise ConfigError(f"{what}: a path is required")
+    if not os.path.exists(path):
+        raise ConfigError(f"{what}: {path} does not exist")
+
+
+def _check_data(d: DataConfig) -> None:
+    if d.dataset not in DATASETS:
+        raise ConfigError(f"data.dataset must be one of {DATASETS}, got {d.dataset!r}")
+    if d.subset not in SUBSETS:
+        raise ConfigError(f"data.subset must be one of {SUBSETS}, got {d.subset!r}")
+    if d.n < 0 or any(i < 0 for i in d.ids):
+        raise ConfigError("data.n and data.ids must be >= 0")
+    if len(set(d.ids)) != len(d.ids):
+        raise ConfigError("data.ids has duplicates")
+    if d.ids_file:
+        _exists(d.ids_file, "data.ids_file")
+    if d.dataset == "digits":
+        if d.split not in ("test", "val", "train"):
+            raise ConfigError(f"data.split for digits must be test, val or train, got {d.split!r}")
+        if d.path:
+            raise ConfigError("data.path: the digits are embedded, give no path")
+    elif d.dataset == "cifar10":
+        _exists(d.path, "data.path (cifar-10-batches-py directory or images .npy)")
+        if d.path.endswith(".npy"):
+            _exists(d.labels, "data.labels (labels .npy next to the images .npy)")
+        elif d.split not in ("test", "train"):
+            raise ConfigError(f"data.split for the CIFAR-10 batches must be test or train, got {d.split!r}")
+    else:
+        _exists(d.path, "data.path (ImageFolder validation directory)")
+
+
+def _check_model(m: ModelConfig, cfg: SweepConfig) -> None:
+    for name in ("diffusion", "classifier"):
+        path = getattr(m, name)
+        if path != "digits":
+            _exists(path, f"model.{name}")
+        elif cfg.data.dataset != "digits":
+            raise ConfigError(f"model.{name} = 'digits' only fits data.dataset = 'digits'; give a checkpoint file")
+    if m.aux not in ("", "digits"):
+        _exists(m.aux, "model.aux")
+    if cfg.dtype in ("fp16", "bf16") and m.diffusion == "digits":
+        raise ConfigError(f"dtype {cfg.dtype!r} is a torso precision of loaded checkpoints (load_diffusion); "
+                          "the embedded digits model runs in fp32 or fp64")
+    if cfg.dtype == "fp64" and m.diffusion != "digits":
+        raise ConfigError("dtype 'fp64' is supported for the embedded digits model only")
+
+
+def _check_methods(cfg: SweepConfig) -> None:
+    from ...presets import get_preset, t_star_to_k
+
+    if not cfg.methods:
+        raise ConfigError("methods: give at least one [[methods]] entry")
+    known = method_names()
+    labels = [m.label for m in cfg.methods]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise ConfigError(f"methods: duplicate labels {dup}; give each a distinct label")
+    for i, m in enumerate(cfg.methods):
+        where = f"methods.{i} ({m.label or m.name!r})"
+        if any(c in m.label for c in "/#"):
+            raise ConfigError(f"{where}: a label may not contain '/' or '#' (they separate keys of saved images)")
+        if m.name not in known:
+            raise ConfigError(f"{where}: unknown method {m.name!r}; known: {', '.join(known)}")
+        if m.t_star is not None:
+            try:
+                t_star_to_k(m.t_star)
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"{where}: {e}") from None
+        guided = m.name.startswith(("agdm", "gdmp"))
+        if m.scale is not None and not guided:
+            raise ConfigError(f"{where}: scale is a guidance scale; {m.name!r} has no guidance")
+        if m.steps is not None and (m.name in BASELINES or m.name in GUIDED_OR_MULTI):
+            raise ConfigError(f"{where}: steps applies to presets only (diffpure, ddpm, ddim, …)")
+        if m.steps is not None and m.steps < 1:
+            raise ConfigError(f"{where}: steps must be >= 1")
+        if (m.name.startswith("agdm") or m.name in ("aux", "diffpure+aux")) and not cfg.model.aux:
+            raise ConfigError(f"{where}: AGDM needs model.aux (its auxiliary network; 'digits' for the embedded one)")
+        if m.name not in ("none", "aux") and any(a.grad == "adjoint" for a in cfg.attacks):
+            sampler = ("ddpm" if m.name in GUIDED_OR_MULTI else "vpsde" if m.name == "diffpure+aux"
+                       else get_preset(m.name).sampler)
+            if sampler != "vpsde":
+                raise ConfigError(f"{where}: an attack uses grad='adjoint', the VP-SDE adjoint, but {m.name!r} "
+                                  f"samples with {sampler!r}; use grad='full'")
+
+
+def _check_attacks(cfg: SweepConfig) -> None:
+    if not cfg.attacks:
+        raise ConfigError("attacks: give at least one [[attacks]] entry (the ensemble)")
+    names = [a.name for a in cfg.attacks]
+    if not all(names):
+        raise ConfigError("attacks: every attack needs a name")
+    dup = sorted({x for x in names if names.count(x) > 1})
+    if dup:
+        raise ConfigError(f"attacks: duplicate names {dup}")
+    for a in cfg.attacks:
+        where = f"attacks.{a.name}"
+        if a.kind not in ATTACK_KINDS:
+            raise ConfigError(f"{where}: unknown kind {a.kind!r}; expected one of {ATTACK_KINDS}")
+        if a.loss not in ATTACK_LOSSES:
+            raise ConfigError(f"{where}: unknown loss {a.loss!r}; expected one of {ATTACK_LOSSES}")
+        if a.steps < 1 or a.eot < 1 or a.states < 1:
+            raise ConfigError(f"{where}: need steps >= 1, eot >= 1, states >= 1")
+        if a.grad not in ATTACK_GRADS:
+            raise ConfigError(f"{where}: grad must be one of {ATTACK_GRADS}, got {a.grad!r}")
+        if a.step_size is not None and a.step_size <= 0:
+            raise ConfigError(f"{where}: step_size must be > 0, got {a.step_size}")
+        if a.variant and a.kind != "pgd":
+            raise ConfigError(f"{where}: a purifier variant is for 'pgd' attacks only")
+        if a.kind in ("aux", "joint") and not cfg.model.aux:
+            raise ConfigError(f"{where}: a {a.kind!r} attack targets the auxiliary network: set model.aux")
+
+
+# ------------------------------------------------------------------------------------------------ identity
+def identity(cfg: SweepConfig) -> dict:
+    """The fields that can change a result (the config id hashes these)."""
+    import torch
+
+    d = cfg.as_dict()
+    for k in RUNTIME_FIELDS:
+        d.pop(k)
+    d["device"] = torch.device(cfg.device).type  # cuda:0 and cuda:1 give the same results
+    return d
+
+
+def config_id(cfg: SweepConfig) -> str:
+    blob = json.dumps(identity(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def changed_fields(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the fields that differ between two identity dicts."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b, name = old.get(k), new.get(k), _join(prefix, k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_fields(a, b, name)
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b) and all(
+                isinstance(x, dict) for x in a + b):
+            for i, (x, y) in enumerate(zip(a, b)):
+                out += changed_fields(x, y, f"{name}.{i}")
+        elif a != b:
+            out.append(name)
+    return out

@@ -1,0 +1,248 @@
+"""`fastpurify sweep report DIR`: metrics from the merged per-sample records, written as a RobustBench-compatible
+JSON superset (CONVENTIONS.md §2), a Markdown table and plots.
+
+Accuracies per method (`fastpurify.evaluation.stats.summarize`): clean and robust, each as mean over the N draws
+(Avg.Rob), worst case (all N correct, Wor.Rob) and majority vote (ties → lowest class index), with 95 % Wilson
+intervals on the n images; the same for every attack of the ensemble alone (on the report draws, over the samples
+it attacked).  The protocol's masking checks are recomputed over the whole sweep from the records and the batch
+lines (`fastpurify.evaluation.checks.masking_checks`).  An incomplete sweep gives no report unless
+`partial=True`, which marks everything PARTIAL.  The output depends on the files only: running the report twice
+gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from ...attacks import AttackSpec
+from ...grad import GRAD_LABELS
+from ..checks import masking_checks
+from ..protocol import ProtocolConfig
+from ..stats import summarize, wilson_ci
+from .config import BASELINES
+from .merge import Merged, completeness_text, merge
+from .records import read_batches
+from .shards import manifest_sha256
+
+__all__ = ["IncompleteSweep", "accuracies", "build_report", "markdown", "wilson_ci", "write_report"]
+
+
+class IncompleteSweep(RuntimeError):
+    """Missing or unexpected ids (or conflicting duplicates) where a final report was asked for."""
+
+
+def accuracies(preds: list[list[int]], labels: list[int]) -> dict:
+    """mean / worst / majority over the images (N draws each), with 95 % Wilson intervals on the n images."""
+    if not labels:
+        return {"n": 0, "mean": None, "worst": None, "majority": None, "ci95": {}}
+    s = summarize(torch.tensor(preds), torch.tensor(labels))
+    acc = {k: round(s[k], 6) for k in ("mean", "worst", "majority")}
+    return {"n": s["n"], **acc, "ci95": {k: s[f"{k}_ci95"] for k in acc}}
+
+
+def _attack_stats(batches: list[dict], name: str) -> dict | None:
+    """Masking-check statistics of one attack over the batch lines: the worst zero-gradient fraction, the
+    best-iterate curve and the undefended accuracy averaged with the number of samples attacked as weights."""
+    rows = [b["attacks"][name] for b in batches if name in b["attacks"] and b["attacks"][name].get("best_acc")]
+    if not rows:
+        return None
+    weight = sum(r["n_attacked"] for r in rows)
+    lengths = {len(r["best_acc"]) for r in rows}
+    curve = ([round(sum(r["n_attacked"] * r["best_acc"][k] for r in rows) / weight, 6) for k in range(lengths.pop())]
+             if len(lengths) == 1 else None)
+    und = [r for r in rows if r.get("undefended_acc") is not None]
+    return {"zero_grad_elem_frac_max": max(r["zero_grad_elem_frac_max"] for r in rows), "best_acc": curve,
+            "undefended_acc": (round(sum(r["n_attacked"] * r["undefended_acc"] for r in und) /
+                                     sum(r["n_attacked"] for r in und), 6) if und else None)}
+
+
+def _checks(mc: dict, cfg: dict, attacks: dict, stats: dict) -> list[dict]:
+    """The protocol's masking checks over the whole sweep of one method (the large-ε check is a per-run check on a
+    few samples and is not run by sweeps: reported as skipped)."""
+    specs = [AttackSpec(a["name"], kind=a["kind"], loss=a["loss"], steps=a["steps"], eot=a["eot"],
+                        step_size=a["step_size"], random_start=a["random_start"], grad=a["grad"],
+                        variant=a["variant"] or None, weight=a["weight"], kappa=a["kappa"], states=a["states"],
+                        cascade=a["cascade"]) for a in cfg["attacks"] if a["name"] in attacks]
+    rows = [{"attack": k, "mean": a["mean"], "n": a["n"], "undefended_acc": (stats.get(k) or {}).get("undefended_acc")}
+            for k, a in attacks.items() if a["n"] and stats.get(k) and stats[k]["best_acc"]]
+    ran = {r["attack"] for r in rows}
+    specs = [s for s in specs if s.name in ran]
+    defence = SimpleNamespace(randomized=mc["name"] not in BASELINES or mc["name"] == "diffpure+aux")
+    pcfg = ProtocolConfig(eps=cfg["eps"], norm=cfg["norm"], n_reevals=cfg["n_reevals"], large_eps=None)
+    checks = masking_checks(defence, specs, rows, {k: stats[k] for k in ran}, None, pcfg) if specs else []
+    if defence.randomized:
+        checks.append({"name": "large_eps_near_zero", "passed": None, "value": None, "threshold": pcfg.near_zero,
+                       "detail": "not run by sweeps (a per-run check on a few samples: run the protocol on a subset)"})
+    return checks
+
+
+def _pct(p) -> str | None:
+    return None if p is None else f"{100 * p:.2f}"
+
+
+def _unique(values):
+    out = []
+    for v in values:
+        if v not in out:
+            out.append(v)
+    return out[0] if len(out) == 1 else out
+
+
+def method_result(mg: Merged, method: str, partial: bool, batches: list[dict]) -> dict:
+    cfg = mg.stored["config"]
+    mc = next(m for m in cfg["methods"] if m["label"] == method)
+    recs = [mg.rows[method][i] for i in mg.ids if i in mg.rows[method]]
+    labels = [r["label"] for r in recs]
+    clean = accuracies([r["clean_preds"] for r in recs], labels)
+    robust = accuracies([r["adv_preds"] for r in recs], labels)
+    mine = [b for b in batches if b["method"] == method]
+    stats, attacks = {}, {}
+    for a in cfg["attacks"]:
+        k = a["name"]
+        on = [r for r in recs if k in r["attacks"]]
+        if not any(k in r.get("ensemble_run", [k]) for r in recs):
+            continue  # not applicable to this method (e.g. an attack on an auxiliary network it does not have)
+        stats[k] = _attack_stats(mine, k)
+        acc = accuracies([r["attacks"][k]["preds"] for r in on], [r["label"] for r in on])
+        attacks[k] = {**acc, "wins": sum(r["winner"] == k for r in recs), "kind": a["kind"], "loss": a["loss"],
+                      "steps": a["steps"], "eot": a["eot"], "step_size": a["step_size"],
+                      "random_start": a["random_start"], "grad_mode": a["grad"], "grad_label": GRAD_LABELS[a["grad"]],
+                      "variant": a["variant"] or None, "cascade": a["cascade"],
+                      "best_curve": (stats[k] or {}).get("best_acc")}
+    first = recs[0] if recs else {}
+    n = len(recs)
+    wall = sum(r["wall_s"] for r in recs)
+    checks = _checks(mc, cfg, attacks, stats)
+    failed = [c["name"] for c in checks if c["passed"] is False]
+    names = " + ".join(f"{k} ({a['kind']} {a['steps']} steps × EOT {a['eot']}, {a['loss']}, grad {a['grad_mode']})"
+                       for k, a in attacks.items())
+    return {
+        # RobustBench model_info fields (percentages as strings)
+        "clean_acc": _pct(clean["mean"]),
+        "autoattack_acc": _pct(robust["mean"]),
+        "autoattack_acc_is": ("NOT AutoAttack: robust accuracy (Avg.Rob) under the per-sample worst case of the "
+                              f"attack ensemble '{cfg['ensemble']}', mean over N fresh purifications"),
+        "external": "",
+        "number_forward_passes": 1,
+        "footnote": (f"Defence {method} ({mc['name']}); not a leaderboard entry. Ensemble: {names}. "
+                     f"Robust accuracy re-evaluated with N = {cfg['n_reevals']} fresh purifications."
+                     + (" PARTIAL: computed on an incomplete sweep." if partial else "")
+                     + (f" Failed masking checks: {', '.join(failed)}." if failed else "")),
+        "unreliable": partial or bool(failed),
+        # the superset
+        "method": method, "method_name": mc["name"], "method_config": mc,
+        "protocol": first.get("protocol"), "n_examples": n, "n_reevals": cfg["n_reevals"],
+        "n_select": cfg["n_select"] or cfg["n_reevals"],
+        "clean": clean, "robust": robust,
+        "avg_rob": robust["mean"], "wor_rob": robust["worst"], "maj_rob": robust["majority"],
+        "ci95": {"clean_acc": clean["ci95"].get("mean"), "avg_rob": robust["ci95"].get("mean"),
+                 "wor_rob": robust["ci95"].get("worst"), "maj_rob": robust["ci95"].get("majority")},
+        "attacks": attacks, "winners": {k: sum(r["winner"] == k for r in recs) for k in ["clean", *attacks]},
+        "checks": checks,
+        "grad_mode": {k: a["grad_mode"] for k, a in attacks.items()},
+        "eot": {k: a["eot"] for k, a in attacks.items()},
+        "t_star_steps": first.get("t_star_steps"), "t_star_s": first.get("t_star_s"),
+        "nfe": first.get("nfe_defense"), "nfe_defense": first.get("nfe_defense"),
+        "nfe_attack": round(sum(r["nfe_attack"] for r in recs) / n, 2) if n else None,  # mean per image (cascades)
+        "nfe_eval": first.get("nfe_eval"),
+        "wall_s": round(wall, 3), "s_per_image": round(wall / n, 4) if n else None,
+        "dtype": _unique(r["dtype"] for r in recs) if recs else cfg["dtype"],
+        "backend": _unique(r["backend"] for r in recs) if recs else None,
+        "seeds": first.get("seeds"), "manifest_sha256": first.get("manifest_sha256"),
+        "versions": _unique(r["versions"] for r in recs) if recs else None,
+        "gpu": _unique(r["gpu"] for r in recs) if recs else None,
+        "missing": len(mg.missing[method]),
+    }
+
+
+def build_report(mg: Merged, partial: bool) -> dict:
+    cfg = mg.stored["config"]
+    batches = read_batches(mg.out, mg.config_id)
+
+    return {
+        "status": "PARTIAL" if partial else "COMPLETE", "partial": partial,
+        "config_id": mg.config_id, "manifest_sha256": manifest_sha256(mg.ids), "n_manifest": len(mg.manifest),
+        "dataset": cfg["data"], "model": cfg["model"],
+        "threat_model": {"norm": cfg["norm"], "eps": cfg["eps"], "scale": "[0, 1]",
+                         "white_box": "purifier weights, sampler and noise model known to the attacker"},
+        "ensemble": {"name": cfg["ensemble"], "attacks": cfg["attacks"]},
+        "n_reevals": cfg["n_reevals"], "seed": cfg["seed"],
+        "completeness": {m: {"done": len(mg.rows[m]), "missing": mg.missing[m], "duplicates_resolved":
+                             len(mg.duplicates[m])} for m in mg.methods},
+        "results": [method_result(mg, m, partial, batches) for m in mg.methods],
+    }
+
+
+def _fmt(p) -> str:
+    return "–" if p is None else f"{100 * p:.1f}"
+
+
+def markdown(report: dict) -> str:
+    tm, partial = report["threat_model"], report["partial"]
+    title = "PARTIAL — " if partial else ""
+    summary = (f"{report['n_manifest']} images ({report['dataset']['dataset']}/{report['dataset']['split']}), "
+               f"{tm['norm']} ε = {tm['eps']:g}, ensemble `{report['ensemble']['name']}`, "
+               f"N = {report['n_reevals']} fresh purifications, manifest sha256 `{report['manifest_sha256'][:16]}…`")
+    lines = [f"# {title}Sweep {report['config_id']}", "", summary, ""]
+    if partial:
+        lines += ["**PARTIAL: computed on an incomplete sweep; not a final result.**", ""]
+    attack_names = [a["name"] for a in report["ensemble"]["attacks"]]
+    head = ["method", "n", "clean", "robust (mean)", "95 % CI", "worst", "majority", *attack_names, "t*", "NFE",
+            "s/img"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in report["results"]:
+        ci = r["ci95"]["avg_rob"]
+        cells = [r["method"], str(r["n_examples"]), _fmt(r["clean"]["mean"]), _fmt(r["avg_rob"]),
+                 "–" if not ci else f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f}", _fmt(r["wor_rob"]), _fmt(r["maj_rob"]),
+                 *[_fmt(r["attacks"][k]["mean"]) if k in r["attacks"] else "n/a" for k in attack_names],
+                 "–" if r["t_star_steps"] is None else str(r["t_star_steps"]), str(r["nfe"]),
+                 "–" if r["s_per_image"] is None else f"{r['s_per_image']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    legend = ("Accuracies in %: clean and robust are means over the N draws; worst = all N correct; majority = "
+              "vote over N. Robust = per-sample worst case over the ensemble (selected on separate draws, reported "
+              "on fresh ones); attack columns = each attack alone on the samples it attacked (n/a: not applicable "
+              "to the method). 95 % CI: Wilson on n images.")
+    lines += ["", legend,
+              f"Protocol: {report['results'][0]['protocol'] if report['results'] else '–'}"]
+    lines += ["", "Masking checks (EVALUATION.md rule 6; value vs threshold):"]
+    for r in report["results"]:
+        for c in r["checks"]:
+            state = "skipped" if c["passed"] is None else "ok" if c["passed"] else "FAILED"
+            value = "" if c["value"] is None else f" {c['value']:.4g} vs {c['threshold']:.4g}"
+            lines.append(f"- {r['method']}: {c['name']} {state}{value}")
+    for name, path in sorted(report.get("plots", {}).items()):
+        lines.append(f"![{name}]({path})")
+    for g in report.get("grids", []):
+        lines += ["", f"Sample grid `{g['file']}` ({g['method']}; rows: clean / adversarial / purified):",
+                  "label: " + " ".join(str(v) for v in g["labels"]),
+                  "clean pred (first draw): " + " ".join(str(v) for v in g["clean_preds"]),
+                  "adversarial pred (first report draw): " + " ".join(str(v) for v in g["adv_preds"]),
+                  "pred on the purified image shown: " + " ".join(str(v) for v in g["purified_preds"])]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out, *, partial: bool = False, dest=None) -> dict:
+    """Merge, check completeness and write report.json, report.md and the plots into dest (default
+    DIR/report).  Raises IncompleteSweep when the sweep is incomplete (unless partial) or has conflicts."""
+    mg = merge(out)
+    if mg.conflicts:
+        raise IncompleteSweep("records of the same (method, sample) disagree — non-deterministic results or a "
+                              "changed environment:\n" + completeness_text(mg))
+    if not mg.complete and not partial:
+        raise IncompleteSweep(f"sweep {mg.config_id} is incomplete (use --partial for a PARTIAL report):\n"
+                              + completeness_text(mg))
+    partial = not mg.complete
+    dest = Path(dest) if dest is not None else Path(out) / "report"
+    dest.mkdir(parents=True, exist_ok=True)
+    report = build_report(mg, partial)
+    from .plots import sample_grids, write_plots
+
+    report["plots"] = write_plots(report, dest)
+    report["grids"] = sample_grids(mg, dest)
+    (dest / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    (dest / "report.md").write_text(markdown(report))
+    return report
