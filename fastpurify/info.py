@@ -40,6 +40,28 @@ def cpu_isa() -> str | None:
     return None if _ext.load_error() else torch.ops.fastpurify.cpu_isa()
 
 
+def speed_options() -> dict[str, str]:
+    """What Purifier(compile=, graphs=, grad_memory=) do on this machine (precision: see precision_table)."""
+    import shutil
+
+    import torch
+
+    from .models.fast import COMPILE_BACKEND
+    from .samplers.graphed import graph_obstacle
+
+    cxx = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return {
+        "compile": f"torch.compile({COMPILE_BACKEND}, static shapes, fullgraph) of the network; "
+                   + (f"CPU code generation with {cxx}" if cxx else "no C++ compiler found: inductor cannot build CPU "
+                      "kernels here"),
+        "channels_last": "NHWC input and activations of the network",
+        "graphs": graph_obstacle(dev, False, "full", capture=True) or f"CUDA-graph capture on {dev}",
+        "grad_memory": "grad='full' keeps the activations of the steps that fit in the given bytes (no recompute "
+                       "for those: same gradient, one network forward fewer per kept step)",
+    }
+
+
 def info() -> dict:
     import torch
 
@@ -59,6 +81,7 @@ def info() -> dict:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "extension_build": _ext.build_info() or None, "cpu_isa": cpu_isa(), "torch_threads": torch.get_num_threads(),
         "backends": available_backends(), "automatic": automatic_order(), "precision": precision_table(),
+        "speed_options": speed_options(),
     }
 
 
@@ -90,7 +113,7 @@ def main(argv=None) -> int:
         print(json.dumps(d, indent=2))
         return 0
     for k, v in d.items():
-        if k not in ("backends", "automatic", "precision"):
+        if k not in ("backends", "automatic", "precision", "speed_options"):
             print(f"{k:16s} {v}")
     print("backends:")
     for name, b in d["backends"].items():
@@ -103,6 +126,9 @@ def main(argv=None) -> int:
     for dev, row in d["precision"].items():
         for p, how in row.items():
             print(f"  {dev:5s} {p:5s} {how}")
+    print("speed options (Purifier(...), README 'Performance'):")
+    for name, how in d["speed_options"].items():
+        print(f"  {name:13s} {how}")
     return 0
 
 

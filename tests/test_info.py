@@ -28,6 +28,11 @@ def test_info_json_lists_every_backend_with_reason():
         assert "not yet verified on a GPU" in cuda["reason"] and "benchmarks/gpu_check.py" in cuda["reason"]
     else:
         assert cuda["order"][-1] == "torch" and "verified on" in cuda["reason"]
+    # The speed options say what they do here: fp32 runs everywhere; without a GPU, graphs say capture is impossible.
+    assert d["precision"]["cpu"]["fp32"] == "native"
+    assert set(d["speed_options"]) == {"compile", "channels_last", "graphs", "grad_memory"}
+    if not d["cuda_available"]:
+        assert "needs a CUDA device" in d["speed_options"]["graphs"]
 
 
 def test_import_works_without_the_extension():
