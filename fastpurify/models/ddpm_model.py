@@ -121,7 +121,7 @@ class DDPMModel(nn.Module):
         set_torso_dtype([self.conv_in, self.down, self.mid, self.up], dtype)
 
     def forward(self, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        temb = self.temb.dense[0](sinusoidal_embedding(tau, self.ch, shift=1, sin_first=True))
+        temb = self.temb.dense[0](sinusoidal_embedding(tau, self.ch, shift=1, sin_first=True, rate_first=True))
         temb = self.temb.dense[1](F.silu(temb))
         hs = [self.conv_in(x)]
         for lvl, stage in enumerate(self.down):

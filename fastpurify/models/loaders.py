@@ -333,12 +333,13 @@ def _arch(kind: str, sd: dict, saved: dict | None, config: dict, path) -> tuple[
 
 
 def load_diffusion(path, kind: str | None = None, *, device="cpu", dtype=None, channels_last: bool = False,
-                   attention: str = "sdpa", ema: bool = True, sha256: bool | str = True,
+                   attention: str | None = None, ema: bool = True, sha256: bool | str = True,
                    index_at_time: str | None = None, **config) -> PretrainedDiffusion:
     """Load public diffusion weights into fastpurify's own modules; returns a `PretrainedDiffusion`.
 
     kind: None (detect) or one of DIFFUSION_KINDS.  dtype: None/'fp32', 'fp16' (ADM: guided-diffusion's fp16 torso),
-    'bf16'.  attention: 'sdpa' | 'math' | 'xformers'.  ema: score_sde files — the EMA weights (default) or the raw
+    'bf16'.  attention: 'sdpa' | 'math' | 'xformers'; None = 'math' for an fp16 ADM (guided-diffusion's legacy
+    attention arithmetic, bit for bit), 'sdpa' otherwise.  ema: score_sde files — the EMA weights (default) or the raw
     'model' ones.  sha256: True records it in `.meta`, a hex string must match, False skips hashing.
     index_at_time: how an index-trained net is driven at continuous time (default: 'floor' for ADM, as DiffPure;
     'shifted' otherwise).  **config overrides inferred or default hyper-parameters (image_size=, num_head_channels=).
@@ -387,6 +388,8 @@ def load_diffusion(path, kind: str | None = None, *, device="cpu", dtype=None, c
         model.set_precision(dtype)
     if channels_last:
         model.set_channels_last(True)
+    if attention is None:  # fp16 ADM: reproduce guided-diffusion's fp16 QKVAttentionLegacy exactly (docs/MODELS.md)
+        attention = "math" if kind == "adm" and parse_dtype(dtype) == torch.float16 else "sdpa"
     return model.set_attention(attention)
 
 

@@ -124,7 +124,7 @@ class NCSNpp(nn.Module):
     def forward(self, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         m = iter(self.all_modules)
         # Time embedding: score_sde get_timestep_embedding (shift 1, [sin, cos]) → Linear → SiLU → Linear.
-        temb = next(m)(sinusoidal_embedding(tau, self.nf, shift=1, sin_first=True))
+        temb = next(m)(sinusoidal_embedding(tau, self.nf, shift=1, sin_first=True, rate_first=True))
         temb = next(m)(F.silu(temb))
         hs = [next(m)(x)]
         for lvl in range(self.n_levels):

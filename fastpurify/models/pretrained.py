@@ -68,7 +68,8 @@ class PretrainedDiffusion(EpsDiffusion):
         return self
 
     def set_attention(self, backend: str) -> "PretrainedDiffusion":
-        """'sdpa' (default), 'math' (the originals' explicit softmax), 'xformers' (if installed; else why not)."""
+        """'sdpa' (default), 'math' (each original's explicit softmax arithmetic; for ADM guided-diffusion's
+        QKVAttentionLegacy, bit-identical in fp16), 'xformers' (if installed; else why not)."""
         set_attention_backend(self.net, backend)
         self.meta["attention"] = backend
         return self
