@@ -5,12 +5,14 @@ torso dtype), bit for bit in fp16.  The reference formulas are re-written here f
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from fastpurify.models import load_diffusion
 from fastpurify.models.adm import AttentionBlock
-from fastpurify.models.layers import attention, embedding_frequencies, sinusoidal_embedding
+from fastpurify.models.layers import (attention, embedding_frequencies, set_attention_backend,
+                                      sinusoidal_embedding)
 from tests.model_helpers import save_state_dict, tiny
 
 
@@ -66,6 +68,85 @@ def test_each_model_feeds_its_originals_embedding(kind, first_layer, reference):
         net(torch.zeros(len(TAUS), 3, size, size), TAUS)
     want = reference(TAUS, first_layer(net).in_features)
     assert torch.equal(seen[0], want), f"{kind}: max diff {(seen[0] - want).abs().max():.3e}"
+
+
+# ---------------------------------------------------------------------------------------------- block arithmetic
+def score_sde_resblock(blk, x, temb):
+    """score_sde ResnetBlockBigGANpp (fir=False, skip_rescale): naive 2×2 resampling, a division by √2."""
+    def resample(z):
+        B, C, H, W = z.shape
+        if blk.up:
+            return z.reshape(B, C, H, 1, W, 1).repeat(1, 1, 1, 2, 1, 2).reshape(B, C, 2 * H, 2 * W)
+        return z.reshape(B, C, H // 2, 2, W // 2, 2).mean(dim=(3, 5)) if blk.down else z
+
+    act = torch.nn.SiLU()
+    h = resample(act(blk.GroupNorm_0(x)))
+    x = resample(x)
+    h = blk.Conv_0(h)
+    h = h + blk.Dense_0(act(temb))[:, :, None, None]
+    h = blk.Conv_1(act(blk.GroupNorm_1(h)))
+    x = blk.Conv_2(x) if blk.Conv_2 is not None else x
+    return (x + h) / np.sqrt(2.0)
+
+
+def score_sde_attention(blk, x):
+    """score_sde AttnBlockpp: einsum over channels, softmax over H·W, division by √2."""
+    B, C, H, W = x.shape
+    h = blk.GroupNorm_0(x)
+    q, k, v = blk.NIN_0(h), blk.NIN_1(h), blk.NIN_2(h)
+    w = torch.einsum("bchw,bcij->bhwij", q, k) * int(C) ** -0.5
+    w = torch.softmax(w.reshape(B, H, W, H * W), dim=-1).reshape(B, H, W, H, W)
+    return (x + blk.NIN_3(torch.einsum("bhwij,bcij->bchw", w, v))) / np.sqrt(2.0)
+
+
+def ddpm_resblock(blk, x, temb):
+    """The DDPM Model's ResnetBlock with its nonlinearity x·σ(x)."""
+    def swish(z):
+        return z * torch.sigmoid(z)
+
+    h = blk.conv1(swish(blk.norm1(x)))
+    h = h + blk.temb_proj(swish(temb))[:, :, None, None]
+    h = blk.conv2(swish(blk.norm2(h)))
+    return (x if blk.nin_shortcut is None else blk.nin_shortcut(x)) + h
+
+
+def ddpm_attention(blk, x):
+    """The DDPM Model's AttnBlock: two bmm's in the (B, C, HW) layout."""
+    h = blk.norm(x)
+    q, k, v = blk.q(h), blk.k(h), blk.v(h)
+    B, C, H, W = q.shape
+    w = torch.bmm(q.reshape(B, C, H * W).permute(0, 2, 1), k.reshape(B, C, H * W)) * int(C) ** -0.5
+    w = torch.softmax(w, dim=2)
+    return x + blk.proj_out(torch.bmm(v.reshape(B, C, H * W), w.permute(0, 2, 1)).reshape(B, C, H, W))
+
+
+@pytest.mark.parametrize("kind", ["ncsnpp", "ddpm"])
+def test_blocks_do_the_originals_arithmetic_bit_for_bit(kind):
+    """With 'math' attention every residual and attention block of the fp32 port equals the original's formula
+    exactly (guards the division by √2, the 2×2 mean's order, x·σ(x) and the conv input layout)."""
+    from fastpurify.models.ddpm_model import AttnBlock, ResnetBlock
+    from fastpurify.models.ncsnpp import AttnBlockpp, ResnetBlockBigGAN
+
+    net = set_attention_backend(tiny(kind), "math")
+    refs = {ResnetBlockBigGAN: score_sde_resblock, AttnBlockpp: score_sde_attention, ResnetBlock: ddpm_resblock,
+            AttnBlock: ddpm_attention}
+    checked = []
+
+    def check(blk, inp, out):
+        want = refs[type(blk)](blk, *inp)
+        assert torch.equal(out, want), f"{type(blk).__name__}: max diff {(out - want).abs().max():.3e}"
+        checked.append(type(blk).__name__ + ("-down" if getattr(blk, "down", 0) else "-up" if getattr(blk, "up", 0)
+                                             else ""))
+
+    for m in net.modules():
+        if type(m) in refs:
+            m.register_forward_hook(check)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        net(torch.randn(2, 3, 8, 8, generator=g), torch.tensor([3.0, 700.0]))
+    want = {"ncsnpp": {"ResnetBlockBigGAN", "ResnetBlockBigGAN-down", "ResnetBlockBigGAN-up", "AttnBlockpp"},
+            "ddpm": {"ResnetBlock", "AttnBlock"}}[kind]
+    assert set(checked) == want
 
 
 # ---------------------------------------------------------------------------------------------- legacy attention
