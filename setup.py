@@ -42,9 +42,11 @@ def extensions():
     import torch
     from torch.utils import cpp_extension as ce
 
-    sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = ["csrc/module.cpp", "csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     # -g0: Python's CFLAGS carry -g, which doubles the compile time of every torch-including file.
-    cxx = ["-O3", "-g0", "-std=c++20", "-fopenmp"]
+    # -ffp-contract=off: no FMA contraction, so every instruction set computes the reference's rounding steps (and
+    # the noise gets the same bits on each); -fno-math-errno: sqrt vectorises (errno is never read).
+    cxx = ["-O3", "-g0", "-std=c++20", "-fopenmp", "-ffp-contract=off", "-fno-math-errno"]
     want_cuda = os.environ.get("FASTPURIFY_WITH_CUDA")
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
     has_cuda = torch.version.cuda is not None and home is not None and bool(cuda_sources)

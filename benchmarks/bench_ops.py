@@ -3,11 +3,14 @@
     python -m pytest benchmarks/bench_ops.py --benchmark-enable --benchmark-json=benchmarks/results/cpu/bench_ops.json
     python benchmarks/summarize.py benchmarks/results/cpu/bench_ops.json          # table: GB/s and ratios
 
-Every case is timed for each backend that can run it here (torch = the reference: the eager chain of torch ops
-with the same Philox noise; cpu = C++; triton; cuda), and two eager baselines are timed in the same run:
+Cases: normal (the Philox noise alone, float32), forward_diffuse and its backward, sampler_step (plain, guided with
+K = 2 terms, backward), guidance_accumulate.  Every case is timed for each backend that can run it here (torch = the
+reference: the eager chain of torch ops with the same Philox noise; cpu = C++; triton; cuda), and two eager
+baselines are timed in the same run:
   ref_median_s    the torch backend (eager ops, identical result)               → extra_info ratio_vs_torch
   randn_median_s  the same eager chain drawing torch.randn instead of Philox    → extra_info ratio_vs_eager_randn
-                  (a floor for eager torch: cheaper noise, but not the per-sample streams the ops need)
+                  (a floor for eager torch: cheaper noise, but not the per-sample streams the ops need;
+                  for `normal`: torch.randn of the same shape alone)
 extra_info also has GB/s (bytes every backend must move / median), shape, dtype, versions, threads, load average.
 
 Environment: FASTPURIFY_BENCH_DEVICE (default cuda if available, else cpu), FASTPURIFY_BENCH_DTYPES (default
@@ -32,7 +35,7 @@ import fastpurify
 from fastpurify import ops
 from fastpurify.ops.registry import backends_for
 from fastpurify.ops.reference.forward_diffusion import forward_diffuse_bwd_ref, forward_diffuse_ref
-from fastpurify.ops.reference.philox import STEP
+from fastpurify.ops.reference.philox import STEP, normal_ref
 from fastpurify.ops.reference.sampler_step import guidance_accumulate_ref, sampler_step_bwd_ref, sampler_step_ref
 
 DEVICE = os.environ.get("FASTPURIFY_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -40,7 +43,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 BENCH_DTYPES = [DTYPES[d] for d in os.environ.get("FASTPURIFY_BENCH_DTYPES", "fp32").split(",")]
 SHAPES = [(64, 3, 32, 32), (64, 3, 256, 256) if DEVICE == "cuda" else (8, 3, 256, 256)]
 PROVIDERS = ["torch", "cpu", "triton", "cuda"] + (["compiled"] if os.environ.get("FASTPURIFY_BENCH_COMPILE") else [])
-CASES = ["forward_diffuse", "forward_diffuse_bwd", "sampler_step", "sampler_step_guided", "sampler_step_bwd",
+CASES = ["normal", "forward_diffuse", "forward_diffuse_bwd", "sampler_step", "sampler_step_guided", "sampler_step_bwd",
          "guidance_accumulate"]
 K = 2  # guidance terms in the guided cases
 if os.environ.get("FASTPURIFY_BENCH_THREADS"):
@@ -78,6 +81,10 @@ def _case(case: str, provider: str, d: dict):
     """(callable, bytes it must move, the op name in the registry)."""
     n, es = d["x"].numel(), d["x"].element_size()
     f = (lambda name: backends_for(name)[provider].fns) if provider not in ("torch", "compiled") else None
+    if case == "normal":  # the noise alone: float32 out, nothing read
+        fn = f("normal")["fwd"] if f else normal_ref
+        shape = tuple(d["x"].shape)
+        return (lambda: fn(d["seeds"], shape, 3, STEP, 0)), 4 * n, "normal"
     if case == "forward_diffuse":
         fn = f("forward_diffuse")["fwd"] if f else forward_diffuse_ref
         return (lambda: fn(d["x"], d["a"], d["s"], d["t"], d["seeds"], 0, 0, 0)), 2 * n * es, "forward_diffuse"
@@ -103,6 +110,8 @@ def _case(case: str, provider: str, d: dict):
 def _randn_chain(case: str, d: dict):
     """The eager chain with torch.randn noise (no per-sample streams): only for the cases that draw noise."""
     x, eps = d["x"], d["eps"]
+    if case == "normal":
+        return lambda: torch.randn(x.shape, device=x.device)
     if case == "forward_diffuse":
         a, s = d["a"][d["t"]].to(x.dtype).view(-1, 1, 1, 1), d["s"][d["t"]].to(x.dtype).view(-1, 1, 1, 1)
         return lambda: a * x + s * torch.randn_like(x)
@@ -154,6 +163,8 @@ def _baselines(case, shape, dtype, d):
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_op(benchmark, provider, case, shape, dtype):
+    if case == "normal" and dtype != torch.float32:
+        pytest.skip("normal draws float32 only")
     d = _inputs(shape, dtype)
     fn, moved, op = _case(case, provider, d)
     if provider not in ("torch", "compiled"):

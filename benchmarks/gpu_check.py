@@ -152,6 +152,14 @@ def main(argv=None) -> int:
         step = _run(cmd, LIMITS["tests"], log=out / "tests.log")
         step.update(_junit(xml))
         report["steps"]["tests"] = step
+        # Passed on a GPU (test_gpu_backends_are_available requires both kernel backends): from now on the automatic
+        # choice on this kind of GPU puts them first (fastpurify/ops/gpu_verified.json; commit it with the results).
+        if gpu and step["rc"] == 0 and step.get("tests", 0) > step.get("skipped", 0):
+            from fastpurify.ops.registry import mark_gpu_verified
+
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                    text=True, check=False).stdout.strip() or None
+            report["gpu_verified"] = mark_gpu_verified(("cuda", "triton"), commit=commit)
 
     # 3. copy bandwidth and 4. benchmarks
     copy = None

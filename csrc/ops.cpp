@@ -1,9 +1,10 @@
-// Schemas of fastpurify's fused ops (torch.ops.fastpurify.*) and the Python module stub for fastpurify._C.
-// Implementations register per device in cpu/*.cpp and (with CUDA) cuda/*.cpp.
-#include <Python.h>
+// Schemas of fastpurify's fused ops (torch.ops.fastpurify.*).  Implementations register per device in cpu/*.cpp and
+// (with CUDA) cuda/*.cpp; the Python module stub of fastpurify._C is module.cpp, so the C++ tests link without Python.
 #include <torch/library.h>
 
 #include <string>
+
+#include "cpu/noise.h"
 
 TORCH_LIBRARY(fastpurify, m) {
   // x_t[b] = a[t_b]·x0[b] + s[t_b]·ξ(seeds[b], step, purpose, round, element)
@@ -23,7 +24,12 @@ TORCH_LIBRARY(fastpurify, m) {
   m.def("guidance_accumulate_bwd(Tensor grad, Tensor gw) -> Tensor");
   // (B, n) float32 standard normals, sample b from Philox stream seeds[b] (reference/philox.py)
   m.def("normal(Tensor seeds, int n, int step, int purpose, int round) -> Tensor");
+  // (2, B, n) int64: the first two Philox words r0, r1 of those draws, as uint32 values (reference/philox.py,
+  // philox_bits) — what the tests compare bit for bit across backends
+  m.def("philox_bits(Tensor seeds, int n, int step, int purpose, int round) -> Tensor");
   m.def("build_info() -> str");
+  // the instruction set of the C++ CPU noise kernels on this machine: 'avx512', 'avx2' or 'baseline'
+  m.def("cpu_isa() -> str");
 }
 
 static std::string build_info() {
@@ -37,11 +43,9 @@ static std::string build_info() {
   return s;
 }
 
-TORCH_LIBRARY_IMPL(fastpurify, CompositeExplicitAutograd, m) { m.impl("build_info", &build_info); }
+static std::string cpu_isa() { return fastpurify::isa_name(fastpurify::noise_isa()); }
 
-// Importing fastpurify._C only has to run the static registrations above.
-extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", "fastpurify compiled ops (torch.ops.fastpurify)",
-                                   -1, nullptr};
-  return PyModule_Create(&def);
+TORCH_LIBRARY_IMPL(fastpurify, CompositeExplicitAutograd, m) {
+  m.impl("build_info", &build_info);
+  m.impl("cpu_isa", &cpu_isa);
 }

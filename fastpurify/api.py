@@ -9,8 +9,8 @@ from torch import nn
 
 from . import ops
 from .grad import GRAD_LABELS, StepCheckpoint, check_mode, straight_through
-from .presets import Preset, Resolved, resolve
 from .ops.reference.philox import FORWARD, derive_seeds
+from .presets import Preset, Resolved, resolve
 from .samplers import NoiseStreams, respaced_indices, sample_ddim, sample_ddpm, sample_vpsde, vpsde_grid
 from .samplers.schedules import get_vpsde_schedule
 from .validate import check_images, check_seed
@@ -92,7 +92,8 @@ class Purifier(InferenceModule):
     exact, per-step recompute), 'autograd' (exact, plain unrolled graph), 'adjoint' (VP-SDE presets only),
     'surrogate' (with `surrogate=`), 'bpda' (identity backward, weaker), 'none'.
     surrogate: the attack-side purifier for grad='surrogate': a Purifier, or a dict of settings (preset, t_star,
-    steps, grad; t* defaults to the defence's) for one over the same model.  The defence value is returned, the surrogate's gradient used.
+    steps, grad; t* defaults to the defence's) for one over the same model.  The defence value is returned, the
+    surrogate's gradient used.
     fixed_noise_seed: an int makes every call without an explicit seed replay the same noise (deterministic
     white-box; per batch position, derive_seeds(seed, arange(B))).
     """
@@ -109,7 +110,7 @@ class Purifier(InferenceModule):
         self.last_nfe: int | None = None
         self.config: Resolved = resolve(preset, t_star=t_star, steps=steps)
         self.backend = backend
-        # Guidance (AGDM, GDMP, …): an object whose bind(x_in, model, seeds, round) returns the per-step hook
+        # Guidance (AGDM, GDMP, …): an object whose bind(x_in, model, seeds, round, backend=) returns the per-step hook
         # guidance(u, eps, i) of the DDPM sampler.  Registered as a submodule when it is one (e.g. holds φ).
         c = self.config
         if guidance is not None and (c.preset.sampler != "ddpm" or c.steps not in (None, c.k)):
@@ -206,7 +207,7 @@ class Purifier(InferenceModule):
         ckpt = StepCheckpoint(x_in if self.guidance is not None else None) if mode == "full" else None
         hook = None
         if self.guidance is not None:
-            hook = self.guidance.bind(x_in if ckpt is None else ckpt.leaf, m, seeds, round)
+            hook = self.guidance.bind(x_in if ckpt is None else ckpt.leaf, m, seeds, round, backend=self.backend)
         # Reverse process.
         states = None if trace is None else []
         if p.sampler == "vpsde":

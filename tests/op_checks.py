@@ -10,6 +10,8 @@ low precision (flash-attn's rule).
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from functools import lru_cache
 
 import torch
@@ -235,3 +237,49 @@ def _purify_agrees(backend, preset, kw, device, grad):
         assert_close_verbose(grads[1], grads[0], 2e-5, 1e-4, f"∂purify/∂x[{backend}, {preset} {kw}]")
     other = purify(x, model=m, preset=preset, seed=124, backend=backend, **kw)
     assert (other - outs[1]).abs().max() > 1e-3, "another seed must give another purification"
+
+
+# ---------------------------------------------------------------------------------------------- every draw forced
+@contextmanager
+def forced_backend(name: str):
+    """FASTPURIFY_BACKEND=name for the block: every op call without backend= (PGD's random start, GDMP's target
+    noise, the adjoint's regenerated noise) must then run on that backend or raise."""
+    old = os.environ.get("FASTPURIFY_BACKEND")
+    os.environ["FASTPURIFY_BACKEND"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["FASTPURIFY_BACKEND"]
+        else:
+            os.environ["FASTPURIFY_BACKEND"] = old
+
+
+def check_forced_backend_end_to_end(backend, device="cpu"):
+    """With FASTPURIFY_BACKEND=backend, the three callers of ops.normal outside the samplers run and agree with
+    FASTPURIFY_BACKEND=torch: the VP-SDE adjoint gradient (it regenerates the step noise), a GDMP purification (its
+    target noise z′) and PGD's random start."""
+    from fastpurify import Purifier
+    from fastpurify.attacks.pgd import PGDConfig, random_start
+    from fastpurify.guidance import GDMPConfig, GDMPGuidance
+
+    m = tiny_diffusion(device)
+    x = torch.rand((3, 1, 8, 8), generator=torch.Generator().manual_seed(4)).to(device)
+    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(6)).to(device)
+    adjoint = Purifier(m, "diffpure", t_star=0.01, grad="adjoint")  # 10 steps: the interpreter is slow
+    gdmp = Purifier(m, "ddpm", t_star=10, guidance=GDMPGuidance(GDMPConfig(distance="mse", guide_scale=1e4, ptb=38.0)))
+    start = PGDConfig(eps=0.1, steps=0, step_size=0.01, random_start=True)
+    ids = torch.arange(3, device=device)
+    results = {}
+    for b in ("torch", backend):
+        with forced_backend(b):
+            xi = x.clone().requires_grad_(True)
+            y = adjoint(xi, seed=123)
+            (g,) = torch.autograd.grad((y * w).sum(), xi)
+            results[b] = {"adjoint": y.detach(), "adjoint_grad": g, "gdmp": gdmp(x, seed=5),
+                          "start": random_start(x, ids, start, run_seed=9)}
+    ref, got = results["torch"], results[backend]
+    tolerances = {"adjoint": (2e-5, 1e-5), "adjoint_grad": (2e-5, 1e-4), "gdmp": (2e-5, 1e-5), "start": (1e-6, 1e-6)}
+    for key, (atol, rtol) in tolerances.items():
+        assert_close_verbose(got[key], ref[key], atol, rtol, f"{key}[FASTPURIFY_BACKEND={backend}]")
+    assert (got["start"] - x).abs().max() > 0.05, "the random start must move x"

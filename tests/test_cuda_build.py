@@ -56,5 +56,5 @@ def test_default_build_carries_the_cuda_kernels():
     assert _ext.load_error() is None, _ext.load_error()
     assert _ext.has_cuda_kernels(), f"fastpurify._C built without CUDA: {_ext.build_info()!r} (reinstall)"
     for op in ("forward_diffuse", "forward_diffuse_bwd", "sampler_step", "sampler_step_bwd", "guidance_accumulate",
-               "guidance_accumulate_bwd"):
+               "guidance_accumulate_bwd", "normal", "philox_bits"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastpurify::{op}", "CUDA"), op

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from fastpurify import ops
+from fastpurify.ops.reference.philox import derive_seeds, normal_ref, philox_bits
 from tests import op_checks as C
-from tests.utils import available_backends_for, backend_dtype_pairs
+from tests.utils import assert_close_verbose, available_backends_for, backend_dtype_pairs
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 DEV = "cuda"
@@ -18,6 +19,27 @@ REALISTIC, ODD = (64, 3, 32, 32), (3, 3, 17, 23)
 def test_gpu_backends_are_available():
     """On a GPU machine both kernel backends must run: a silent skip of either would hide a broken build."""
     assert set(BACKENDS) == {"triton", "cuda"}, f"available on cuda: {BACKENDS}"
+    for op in ("normal", "philox_bits"):
+        assert set(available_backends_for(op, DEV)) == {"torch", "triton", "cuda"}, op
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [REALISTIC, ODD, (2, 1), (1, 1), (1, 1025), (3, 3, 256, 256)])
+def test_philox_words_and_normals(backend, shape):
+    """Bit-identical words; normals (precise logf/cosf) within the tolerance of tests/test_philox.py."""
+    seeds = (derive_seeds(5, torch.arange(shape[0])) - (1 << 62)).to(DEV)
+    n = torch.Size(shape[1:]).numel()
+    got = ops.philox_bits(seeds, n, step=11, purpose=1, round=3, backend=backend)
+    for g, r in zip(got, philox_bits(seeds, n, 11, 1, 3)):
+        assert torch.equal(g, r), f"philox_bits[{backend}]: {int((g != r).sum())} words differ"
+    z = ops.normal(seeds, shape, step=11, purpose=1, round=3, backend=backend)
+    assert z.shape == shape and z.dtype == torch.float32 and z.is_cuda
+    assert_close_verbose(z, normal_ref(seeds, shape, step=11, purpose=1, round=3), 2e-6, 2e-6, f"normal[{backend}]")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_adjoint_gdmp_and_pgd_start_with_backend_forced(backend):
+    C.check_forced_backend_end_to_end(backend, device=DEV)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

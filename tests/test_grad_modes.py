@@ -38,7 +38,7 @@ class ToyGuidance:
     """A differentiable guidance hook: g = ∇_u −‖tanh u − sin(2x_in − 1)‖² + 0.1·ε̂.  Its value is the same with or
     without an outer graph, and the gradient reaches x through u, ε̂ and the x_in target."""
 
-    def bind(self, x_in, model, seeds, round):
+    def bind(self, x_in, model, seeds, round, backend=None):
         target = torch.sin(2 * x_in - 1)
 
         def hook(u, eps, i):

@@ -21,6 +21,13 @@ def test_info_json_lists_every_backend_with_reason():
         assert b["available"] or b["reason"], name
     assert d["backends"]["torch"]["available"]
     assert "forward_diffuse" in d["backends"]["torch"]["ops"]
+    assert d["cpu_isa"] in (None, "baseline", "avx2", "avx512")
+    # Without a GPU verification record for this device the automatic choice on CUDA is the reference, and says why.
+    cuda = d["automatic"]["cuda"]
+    if cuda["order"] == ["torch"]:
+        assert "not yet verified on a GPU" in cuda["reason"] and "benchmarks/gpu_check.py" in cuda["reason"]
+    else:
+        assert cuda["order"][-1] == "torch" and "verified on" in cuda["reason"]
 
 
 def test_import_works_without_the_extension():

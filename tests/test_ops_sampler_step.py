@@ -168,7 +168,7 @@ def _opcheck_cases():
             "sampler_step_bwd": (x, x, eps, gw, coef, k, True, True),
             "guidance_accumulate": (g, gw), "guidance_accumulate_bwd": (x, gw),
             "forward_diffuse": (x0, a, s, t, sd, 0, 0, 0), "forward_diffuse_bwd": (x0, a, t),
-            "normal": (sd, 35, 1, 1, 0)}
+            "normal": (sd, 35, 1, 1, 0), "philox_bits": (sd, 37, 2, 1, 3)}
 
 
 @pytest.mark.skipif("cpu" not in STEP_BACKENDS, reason="fastpurify._C not built")

@@ -1,8 +1,13 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from fastpurify import ops
-from fastpurify.ops.reference.philox import derive_seeds, normal_ref, philox4x32
+from fastpurify.ops import _ext
+from fastpurify.ops.reference.philox import derive_seeds, normal_ref, philox4x32, philox_bits
 from tests.utils import assert_close_verbose, available_backends_for
 
 M = 0xFFFFFFFF
@@ -43,12 +48,81 @@ def test_derive_seeds_distinct_and_pure():
     assert not torch.equal(a, derive_seeds(1, torch.arange(1000)))
 
 
+# Sizes with tails: below one SIMD block (1, 7), around the C++ blocks of 32 and chunks of 256, across the 2048-element
+# tiles (2053, 4099), and realistic images.
+SIZES = [(64, 3, 32, 32), (3, 3, 17, 23), (2, 1), (2, 7), (3, 33), (2, 257), (2, 2053), (1, 4099)]
+
+
+def _seeds(B):
+    return derive_seeds(5, torch.arange(B)) - (1 << 62)  # include negative seeds (full 64-bit keys)
+
+
+@pytest.mark.parametrize("backend", available_backends_for("philox_bits"))
+@pytest.mark.parametrize("shape", SIZES)
+def test_philox_words_bit_identical(backend, shape):
+    """The raw words behind every backend's normals equal the reference's, bit for bit."""
+    n = torch.Size(shape[1:]).numel()
+    got = ops.philox_bits(_seeds(shape[0]), n, step=11, purpose=1, round=3, backend=backend)
+    ref = philox_bits(_seeds(shape[0]), n, 11, 1, 3)
+    for g, r in zip(got, ref):
+        assert g.dtype == torch.int64 and g.shape == (shape[0], n)
+        assert torch.equal(g, r), f"philox_bits[{backend}]: {int((g != r).sum())} of {r.numel()} words differ"
+
+
+# Normals: the same words, then Box–Muller in float32.  The C++ kernels use their own vectorised log/cos (max error
+# 1.44·2⁻²³·max(1, R) against double with R = √(−2 ln u1), measured over every u1 and u2 by tests/cpp/test_noise.cpp);
+# torch's reference is within about one such unit as well, so a normal differs from it by a few ulps: ≤ 2e-6 + 2e-6·|ξ|
+# (|ξ| < 5.8, 2⁻²³·5.8 = 7e-7).
 @pytest.mark.parametrize("backend", available_backends_for("normal"))
-@pytest.mark.parametrize("shape", [(64, 3, 32, 32), (3, 3, 17, 23)])
+@pytest.mark.parametrize("shape", SIZES)
 def test_normal_backends_match_reference(backend, shape):
-    """Same Philox words in every backend; Box–Muller's log/cos may differ by an ulp between libms."""
-    seeds = derive_seeds(5, torch.arange(shape[0])) - (1 << 62)  # include negative seeds (full 64-bit keys)
+    seeds = _seeds(shape[0])
     got = ops.normal(seeds, shape, step=11, purpose=1, backend=backend)
     ref = normal_ref(seeds, shape, step=11, purpose=1)
     assert got.shape == shape and got.dtype == torch.float32
     assert_close_verbose(got, ref, atol=2e-6, rtol=2e-6, what=f"normal[{backend}]")
+
+
+def test_normal_rejects_bad_seeds():
+    with pytest.raises(ValueError, match="seeds must be an int64 tensor of shape \\(3,\\)"):
+        ops.normal(torch.arange(2), (3, 4), step=0, purpose=1)
+    with pytest.raises(ValueError, match="seeds must be an int64"):
+        ops.normal(torch.arange(3, dtype=torch.int32), (3, 4), step=0, purpose=1)
+    with pytest.raises(ValueError, match="at most 2\\^32"):
+        ops.philox_bits(torch.arange(3), 2 ** 32, step=0, purpose=1)
+
+
+_ISA_PROBE = """
+import sys, torch
+from fastpurify import ops
+from fastpurify.ops import _ext
+assert _ext.load_error() is None
+seeds = torch.tensor([5, -7, 1 << 40])
+z = ops.normal(seeds, (3, 2053), step=4, purpose=1, round=2, backend="cpu")
+r0, r1 = ops.philox_bits(seeds, 2053, step=4, purpose=1, round=2, backend="cpu")
+torch.save({"isa": torch.ops.fastpurify.cpu_isa(), "z": z, "r0": r0, "r1": r1}, sys.argv[1])
+"""
+
+
+@pytest.mark.skipif(_ext.load_error() is not None, reason="fastpurify._C not built")
+@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+def test_cpu_noise_is_the_same_on_every_instruction_set(isa, tmp_path):
+    """FASTPURIFY_CPU_ISA caps the C++ noise kernels: the narrower paths give the widest one's bits exactly (the words
+    and the branch-free float32 Box–Muller, compiled without FMA contraction)."""
+    seeds = torch.tensor([5, -7, 1 << 40])
+    z = ops.normal(seeds, (3, 2053), step=4, purpose=1, round=2, backend="cpu")
+    r0, r1 = ops.philox_bits(seeds, 2053, step=4, purpose=1, round=2, backend="cpu")
+    out = tmp_path / "probe.pt"
+    env = {**os.environ, "FASTPURIFY_CPU_ISA": isa, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", _ISA_PROBE, str(out)], env=env, check=True, timeout=120)
+    got = torch.load(out, weights_only=True)
+    if got["isa"] != isa:
+        pytest.skip(f"this CPU does not run {isa} (capped run used {got['isa']})")
+    assert torch.equal(got["r0"], r0) and torch.equal(got["r1"], r1)
+    assert torch.equal(got["z"].view(torch.int32), z.view(torch.int32)), \
+        f"{isa} vs {torch.ops.fastpurify.cpu_isa()}: {int((got['z'] != z).sum())} normals differ"
+
+
+@pytest.mark.skipif(_ext.load_error() is not None, reason="fastpurify._C not built")
+def test_cpu_isa_reported():
+    assert torch.ops.fastpurify.cpu_isa() in ("baseline", "avx2", "avx512")

@@ -12,9 +12,10 @@ import torch
 
 from fastpurify import ops
 from fastpurify.ops import _ext
+from fastpurify.ops.reference.philox import derive_seeds, normal_ref, philox_bits
 from fastpurify.ops.registry import backends_for
 from tests import op_checks as C
-from tests.utils import one_torch_thread  # noqa: F401  (fixture)
+from tests.utils import assert_close_verbose, one_torch_thread  # noqa: F401  (fixture)
 
 # One torch thread: the interpreter runs kernels as Python on the main thread, and torch's idle OpenMP workers
 # spinning beside it made this lane 6× slower on a 2-core machine (tests/utils.one_torch_thread).
@@ -26,7 +27,7 @@ REALISTIC, ODD = (64, 3, 32, 32), (3, 3, 17, 23)
 
 
 def test_triton_declares_cpu_under_the_interpreter():
-    for op in ("forward_diffuse", "sampler_step", "guidance_accumulate"):
+    for op in ("forward_diffuse", "sampler_step", "guidance_accumulate", "normal", "philox_bits"):
         assert backends_for(op)[B].why_not(torch.device("cpu"), torch.float32) is None
 
 
@@ -85,3 +86,21 @@ def test_step_k_read_from_the_tensor():
 @pytest.mark.parametrize("preset, kw", C.E2E_CASES, ids=C.E2E_IDS)
 def test_purify_agrees_with_torch(preset, kw):
     C.check_purify_agrees(B, preset, kw, grad=preset == "ddpm" and "steps" not in kw)
+
+
+@pytest.mark.parametrize("shape", [ODD, (2, 1), (1, 1), (1, 1025)])
+def test_philox_words_and_normals(shape):
+    """Bit-identical words; normals from libdevice-equivalent log/cos within the tolerance of tests/test_philox.py.
+    (The realistic size runs through the same philox_normal in test_forward_diffuse.)"""
+    seeds = derive_seeds(5, torch.arange(shape[0])) - (1 << 62)
+    n = torch.Size(shape[1:]).numel()
+    got = ops.philox_bits(seeds, n, step=11, purpose=1, round=3, backend=B)
+    for g, r in zip(got, philox_bits(seeds, n, 11, 1, 3)):
+        assert torch.equal(g, r), f"philox_bits[triton]: {int((g != r).sum())} words differ"
+    z = ops.normal(seeds, shape, step=11, purpose=1, round=3, backend=B)
+    assert z.shape == shape and z.dtype == torch.float32
+    assert_close_verbose(z, normal_ref(seeds, shape, step=11, purpose=1, round=3), 2e-6, 2e-6, "normal[triton]")
+
+
+def test_adjoint_gdmp_and_pgd_start_with_triton_forced():
+    C.check_forced_backend_end_to_end(B)

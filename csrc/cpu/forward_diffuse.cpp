@@ -1,4 +1,4 @@
-// C++ CPU kernels: forward diffusion with in-op Philox noise (and its backward), and the noise alone.
+// C++ CPU kernels: forward diffusion with in-op Philox noise (and its backward), the noise alone and its raw words.
 // Each element's noise depends only on its own counter, so tiles run in any order on any thread.
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
@@ -90,11 +90,15 @@ at::Tensor forward_diffuse_bwd_cpu(const at::Tensor& grad, const at::Tensor& a, 
   return gx;
 }
 
-at::Tensor normal_cpu(const at::Tensor& seeds, int64_t n, int64_t step, int64_t purpose, int64_t round) {
+void check_draw(const at::Tensor& seeds, int64_t n) {
   FP_CHECK_DEVICE(seeds, at::kCPU);
   FP_CHECK_DTYPE(seeds, at::kLong);
   FP_CHECK_DIM(seeds, 1);
   TORCH_CHECK(n >= 0 && n < (int64_t(1) << 32), "n must be in [0, 2^32)");
+}
+
+at::Tensor normal_cpu(const at::Tensor& seeds, int64_t n, int64_t step, int64_t purpose, int64_t round) {
+  check_draw(seeds, n);
   const auto kc = seeds.contiguous();
   const int64_t B = kc.numel();
   auto out = at::empty({B, n}, kc.options().dtype(at::kFloat));
@@ -107,12 +111,34 @@ at::Tensor normal_cpu(const at::Tensor& seeds, int64_t n, int64_t step, int64_t 
   return out;
 }
 
+// The raw words behind normal_cpu, widened to int64 (2, B, n): the tests' bit-for-bit check of the Philox path.
+at::Tensor philox_bits_cpu(const at::Tensor& seeds, int64_t n, int64_t step, int64_t purpose, int64_t round) {
+  check_draw(seeds, n);
+  const auto kc = seeds.contiguous();
+  const int64_t B = kc.numel();
+  auto out = at::empty({2, B, n}, kc.options());
+  const int64_t* sp = kc.data_ptr<int64_t>();
+  int64_t* op = out.data_ptr<int64_t>();
+  const Isa isa = noise_isa();
+  for_each_tile(B, n, [&](int64_t b, int64_t e0, int64_t len) {
+    uint32_t r0[kTile], r1[kTile];
+    philox_words(isa, r0, r1, static_cast<uint64_t>(sp[b]), e0, len, static_cast<uint32_t>(step),
+                 static_cast<uint32_t>(purpose), static_cast<uint32_t>(round));
+    for (int64_t j = 0; j < len; ++j) {
+      op[b * n + e0 + j] = r0[j];
+      op[B * n + b * n + e0 + j] = r1[j];
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastpurify, CPU, m) {
   m.impl("forward_diffuse", &forward_diffuse_cpu);
   m.impl("forward_diffuse_bwd", &forward_diffuse_bwd_cpu);
   m.impl("normal", &normal_cpu);
+  m.impl("philox_bits", &philox_bits_cpu);
 }
 
 }  // namespace fastpurify

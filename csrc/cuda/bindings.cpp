@@ -171,6 +171,36 @@ at::Tensor guidance_accumulate_bwd_cuda(const at::Tensor& grad, const at::Tensor
   return gg;
 }
 
+// seeds: (B,) int64 on CUDA, contiguous; n < 2^32.  Returns B.
+int64_t check_draw(const at::Tensor& seeds, int64_t n) {
+  FP_CHECK_DEVICE(seeds, at::kCUDA);
+  FP_CHECK_DTYPE(seeds, at::kLong);
+  FP_CHECK_DIM(seeds, 1);
+  FP_CHECK_CONTIGUOUS(seeds);
+  TORCH_CHECK(n >= 0 && n < (int64_t(1) << 32), "n must be in [0, 2^32)");
+  return seeds.size(0);
+}
+
+at::Tensor normal_cuda(const at::Tensor& seeds, int64_t n, int64_t step, int64_t purpose, int64_t round) {
+  const int64_t B = check_draw(seeds, n);
+  const c10::cuda::CUDAGuard guard(seeds.device());
+  auto out = at::empty({B, n}, seeds.options().dtype(at::kFloat));
+  C10_CUDA_CHECK(cuda::normal_fwd(seeds.data_ptr<int64_t>(), out.data_ptr<float>(), B, n,
+                                  static_cast<uint32_t>(step), static_cast<uint32_t>(purpose),
+                                  static_cast<uint32_t>(round), c10::cuda::getCurrentCUDAStream()));
+  return out;
+}
+
+at::Tensor philox_bits_cuda(const at::Tensor& seeds, int64_t n, int64_t step, int64_t purpose, int64_t round) {
+  const int64_t B = check_draw(seeds, n);
+  const c10::cuda::CUDAGuard guard(seeds.device());
+  auto out = at::empty({2, B, n}, seeds.options());
+  C10_CUDA_CHECK(cuda::philox_bits_fwd(seeds.data_ptr<int64_t>(), out.data_ptr<int64_t>(), B, n,
+                                       static_cast<uint32_t>(step), static_cast<uint32_t>(purpose),
+                                       static_cast<uint32_t>(round), c10::cuda::getCurrentCUDAStream()));
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastpurify, CUDA, m) {
@@ -180,6 +210,8 @@ TORCH_LIBRARY_IMPL(fastpurify, CUDA, m) {
   m.impl("sampler_step_bwd", &sampler_step_bwd_cuda);
   m.impl("guidance_accumulate", &guidance_accumulate_cuda);
   m.impl("guidance_accumulate_bwd", &guidance_accumulate_bwd_cuda);
+  m.impl("normal", &normal_cuda);
+  m.impl("philox_bits", &philox_bits_cuda);
 }
 
 }  // namespace fastpurify

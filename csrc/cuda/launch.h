@@ -34,5 +34,11 @@ cudaError_t guidance_accumulate_fwd(DType dt, const void* g, const float* gw, in
 cudaError_t guidance_accumulate_bwd(DType dt, const void* grad, const float* gw, int64_t K, void* gg, int64_t B,
                                     int64_t n, cudaStream_t stream);
 
+// out (B, n) float32: ξ(seeds[b], step, purpose, round, e);  philox_bits: out (2, B, n) int64, the words r0, r1
+cudaError_t normal_fwd(const int64_t* seeds, float* out, int64_t B, int64_t n, uint32_t step, uint32_t purpose,
+                       uint32_t round, cudaStream_t stream);
+cudaError_t philox_bits_fwd(const int64_t* seeds, int64_t* out, int64_t B, int64_t n, uint32_t step, uint32_t purpose,
+                            uint32_t round, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace fastpurify

@@ -1,13 +1,11 @@
 """Attack harness: PGD-EOT (ℓ∞/ℓ2, chunked EOT, per-sample seeds, CE/margin/DLR, best iterate), adaptive attacks on
-whole defences and their components, N-fold re-evaluation, sanity checks, and adapters for AutoAttack / torchattacks."""
+whole defences and their components, N-fold re-evaluation, and adapters for AutoAttack / torchattacks."""
 
 from .adapters import as_forward, autoattack_library, run_autoattack, run_torchattacks
 from .adaptive import AttackSpec, Defence, default_attacks, run_attack
 from .losses import LOSSES, get_loss
 from .pgd import PGDConfig, attack_seeds, eot_gradient, fixed_noise_seeds, pgd_eot, random_start, reevaluate
-from .sanity import large_eps_accuracy, sanity_checks, zero_gradient_fraction
 
 __all__ = ["PGDConfig", "pgd_eot", "eot_gradient", "reevaluate", "attack_seeds", "fixed_noise_seeds", "random_start",
-           "as_forward", "autoattack_library", "run_autoattack", "run_torchattacks", "sanity_checks",
-           "large_eps_accuracy", "zero_gradient_fraction", "AttackSpec", "Defence", "default_attacks", "run_attack",
-           "LOSSES", "get_loss"]
+           "as_forward", "autoattack_library", "run_autoattack", "run_torchattacks", "AttackSpec", "Defence",
+           "default_attacks", "run_attack", "LOSSES", "get_loss"]

@@ -158,7 +158,7 @@ def _plot(out: Path, results: dict, tuning: dict | None) -> bool:
 
 
 def run_compare(out: Path, *, n: int = 64, eps: float = 0.15, steps: int = 20, eot: int = 4, n_eval: int = 5,
-                methods=METHODS, do_tune: bool = False, tune_n: int = 32, tune_steps: int = 10, tune_eot: int = 2,
+                methods=METHODS, do_tune: bool = False, tune_n: int = 24, tune_steps: int = 10, tune_eot: int = 1,
                 seed: int = 0, log=None) -> dict:
     from .. import __version__
     from ..zoo import digits, digits_aux
@@ -223,10 +223,13 @@ def main(argv=None) -> int:
     p.add_argument("--n-eval", type=int, default=5)
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--tune", action="store_true", help="sweep guidance settings on the validation split first")
-    p.add_argument("--tune-n", type=int, default=32)
+    p.add_argument("--tune-n", type=int, default=24, help="validation images for tuning")
+    p.add_argument("--tune-steps", type=int, default=10, help="exact-attack steps while tuning")
+    p.add_argument("--tune-eot", type=int, default=1, help="EOT draws while tuning")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     report = run_compare(a.out, n=a.n, eps=a.eps, steps=a.steps, eot=a.eot, n_eval=a.n_eval,
-                         methods=tuple(a.methods.split(",")), do_tune=a.tune, tune_n=a.tune_n, seed=a.seed)
+                         methods=tuple(a.methods.split(",")), do_tune=a.tune, tune_n=a.tune_n,
+                         tune_steps=a.tune_steps, tune_eot=a.tune_eot, seed=a.seed)
     print(format_table(report))
     return 0

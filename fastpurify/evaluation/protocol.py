@@ -21,7 +21,8 @@ import torch
 
 from ..attacks.adaptive import AttackSpec, Defence, run_attack
 from ..attacks.pgd import reevaluate
-from .stats import half_width, summarize
+from .checks import masking_checks
+from .stats import summarize
 
 PROTOCOL = ("per-sample worst case over an attack ensemble, chosen on S selection draws, reported on N fresh "
             "purifications (evaluate-after-optimizing)")
@@ -169,55 +170,3 @@ def _large_eps(defence: Defence, x, y, ids, cfg: ProtocolConfig, log) -> dict:
     rep = reevaluate(defence.forward_fn(), x_adv, y[:k], ids[:k], min(cfg.n_reevals, 2), run_seed=cfg.seed)
     return {"eps": cfg.large_eps, "n_examples": k, "attack": spec.as_dict(), "mean": rep["mean"],
             "worst": rep["worst"], "majority": rep["majority"], "seconds": st["seconds"]}
-
-
-def _check(name: str, passed, value, threshold, detail: str) -> dict:
-    return {"name": name, "passed": passed, "value": value, "threshold": threshold, "detail": detail}
-
-
-@torch.no_grad()
-def masking_checks(defence, attacks, rows, stats_by_name, large, cfg) -> list[dict]:
-    """The classic signs of gradient masking (EVALUATION.md rule 6), each a named record; passed None = skipped."""
-    out = []
-    specs = {a.name: a for a in attacks}
-    ran = {r["attack"]: r for r in rows if "skipped" not in r}
-    exact = [n for n in ran if specs[n].exact]
-    # 1. Input elements with an exactly zero gradient at the first step of every exact attack.
-    if exact:
-        frac = max(stats_by_name[n]["zero_grad_elem_frac_max"] for n in exact)
-        out.append(_check("zero_gradient_elements", frac <= cfg.zero_grad_tol, frac, cfg.zero_grad_tol,
-                          "largest fraction of input elements with an exactly zero gradient in an exact attack"))
-    # 2. No transfer / BPDA / component attack may beat the best exact attack by more than the interval.
-    full_rows = [n for n in exact if not specs[n].cascade]
-    if defence.randomized and full_rows:
-        best = min(full_rows, key=lambda n: ran[n]["mean"])
-        p, n_ex = ran[best]["mean"], ran[best]["n"]
-        slack = half_width(p, n_ex)
-        for name, row in ran.items():
-            if specs[name].transfer and not specs[name].cascade:
-                diff = row["mean"] - p
-                out.append(_check(f"{name}_not_stronger_than_exact", diff >= -slack, round(diff, 4),
-                                  round(-slack, 4), f"{name} accuracy minus {best} accuracy (exact gradients); "
-                                  "below -CI half-width = the exact attack is masked"))
-    # 3. Convergence: doubling the steps (steps // 2 → steps, same seeds) must not lower the reported accuracy by
-    #    more than the interval; if it does, more steps are needed before the figure means anything.
-    for name in exact:
-        half = stats_by_name[name].get("half_steps")
-        if half is None:
-            continue
-        p, n_att = ran[name]["mean"], ran[name]["n"]
-        drop, tol = half["mean"] - p, half_width(p, n_att)
-        out.append(_check(f"{name}_converged", drop <= tol, round(drop, 4), round(tol, 4),
-                          f"accuracy with {ran[name]['spec']['steps'] // 2} steps minus with "
-                          f"{ran[name]['spec']['steps']} (same draws); above the CI half-width = not converged"))
-    # 4. Large ε with a plain CE attack → ~0 %.
-    if large is not None:
-        out.append(_check("large_eps_near_zero", large["mean"] <= cfg.near_zero, large["mean"], cfg.near_zero,
-                          f"plain CE attack, exact gradients, eps {large['eps']} on {large['n_examples']} samples"))
-    # 5. The undefended classifier on the 'blind' candidates → ~0 %.
-    blind = [n for n in ran if specs[n].kind == "blind"]
-    if defence.randomized and blind:
-        acc = ran[blind[0]]["undefended_acc"]
-        out.append(_check("undefended_near_zero", acc <= cfg.near_zero, acc, cfg.near_zero,
-                          "the classifier alone on the blind-attack images"))
-    return out

@@ -59,7 +59,8 @@ class AGDMGuidance:
         self.aux = aux.eval().requires_grad_(False)
         self.tap = FeatureTap(self.aux, self.cfg.feature_layer)
 
-    def bind(self, x_in: torch.Tensor, model, seeds: torch.Tensor | None = None, round: int = 0):
+    def bind(self, x_in: torch.Tensor, model, seeds: torch.Tensor | None = None, round: int = 0, *,
+             backend: str | None = None):  # noqa: ARG002  (AGDM draws no noise; the signature is the hook protocol)
         cfg, sched = self.cfg, model.schedule
         exact = cfg.guidance_grad == "exact"
         # Targets from the input being purified (x_adv at test time): features r and the label ŷ.

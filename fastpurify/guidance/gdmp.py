@@ -42,7 +42,9 @@ class GDMPGuidance:
         if self.cfg.distance not in ("mse", "ssim") or self.cfg.target not in ("diffused", "input"):
             raise ValueError(f"bad GDMP config {self.cfg}")
 
-    def bind(self, x_in: torch.Tensor, model, seeds: torch.Tensor, round: int = 0):
+    def bind(self, x_in: torch.Tensor, model, seeds: torch.Tensor, round: int = 0, *, backend: str | None = None):
+        """The per-step hook guidance(u, eps, i).  backend: the purifier's op backend (None: automatic, or
+        FASTPURIFY_BACKEND), so the target noise z′ is drawn where the purifier's own noise is."""
         cfg, sched = self.cfg, model.schedule
         exact = cfg.guidance_grad == "exact"
         u_in = 2.0 * x_in - 1.0
@@ -55,7 +57,8 @@ class GDMPGuidance:
             abar = sched.abar(i)
             target = u_in
             if cfg.target == "diffused":
-                z = ops.normal(seeds, tuple(u.shape), step=i, purpose=GUIDANCE_TARGET, round=round).to(u)
+                z = ops.normal(seeds, tuple(u.shape), step=i, purpose=GUIDANCE_TARGET, round=round,
+                               backend=backend).to(u)
                 target = math.sqrt(abar) * u_in + math.sqrt(1 - abar) * z
             outer = torch.is_grad_enabled() and exact and u.requires_grad
             with torch.enable_grad():

@@ -5,10 +5,13 @@ sampler_step(x, eps, coef, k, seeds, g)  one reverse step of any sampler family,
 guidance_accumulate(g, gw)               G[b] = Σ_j gw[j, b]·g[j, b]
 guidance_weights(g, w, max_norm)         gw[j, b] = w[j]·min(1, max_norm/‖g[j, b]‖)  (a reduction; plain torch)
 normal(seeds, shape)                     ξ for each sample's own Philox stream
+philox_bits(seeds, n)                    the raw Philox words behind normal (bit-for-bit checks across backends)
 Specs: reference/forward_diffusion.py, reference/sampler_step.py, reference/philox.py.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -199,10 +202,33 @@ def guidance_weights(g: torch.Tensor, w, max_norm: float | None = None) -> torch
 
 
 # ---------------------------------------------------------------------------------------------- noise
+def _check_draw(seeds: torch.Tensor, B: int | None, n: int) -> None:
+    """seeds: (B,) int64 (any B when B is None);  n elements per sample, each with its own uint32 Philox counter."""
+    if (not isinstance(seeds, torch.Tensor) or seeds.dim() != 1 or seeds.dtype != torch.int64
+            or (B is not None and seeds.shape[0] != B)):
+        got = f"{seeds.dtype} {tuple(seeds.shape)}" if isinstance(seeds, torch.Tensor) else type(seeds).__name__
+        raise ValueError(f"seeds must be an int64 tensor of shape ({'B' if B is None else B},), got {got}")
+    if not 0 <= n < 2 ** 32:
+        raise ValueError(f"at most 2^32 - 1 elements per sample (the Philox element word), got {n}")
+
+
 def normal(seeds: torch.Tensor, shape: tuple[int, ...], *, step: int, purpose: int, round: int = 0,
            backend: str | None = None) -> torch.Tensor:
-    """Standard normal float32 noise of `shape` (B, ...), sample b from Philox stream seeds[b] (never stored)."""
-    if seeds.dim() != 1 or seeds.dtype != torch.int64 or seeds.shape[0] != shape[0]:
-        raise ValueError(f"seeds must be int64 of shape ({shape[0]},), got {seeds.dtype} {tuple(seeds.shape)}")
+    """Standard normal float32 noise of `shape` (B, ...), sample b from Philox stream seeds[b] (never stored).
+    Every backend draws the same Philox words; Box–Muller's float32 log/cos differ by a few ulps between them."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) == 0 or min(shape) < 0:
+        raise ValueError(f"shape must be (B, ...) with non-negative sizes, got {shape}")
+    _check_draw(seeds, shape[0], math.prod(shape[1:]))
     impl = select("normal", seeds.device, torch.float32, backend, f"seeds={tuple(seeds.shape)} {seeds.device.type}")
-    return impl.fns["fwd"](seeds, tuple(shape), step, purpose, round)
+    return impl.fns["fwd"](seeds.contiguous(), shape, step, purpose, round)
+
+
+def philox_bits(seeds: torch.Tensor, n: int, *, step: int, purpose: int, round: int = 0,
+                backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first two Philox4x32-10 words (r0, r1) of elements 0..n−1 of each sample's stream: two (B, n) int64
+    tensors of uint32 values, those behind `normal` (reference/philox.py).  For bit-for-bit checks of a backend."""
+    _check_draw(seeds, None, n)
+    impl = select("philox_bits", seeds.device, torch.float32, backend,
+                  f"seeds={tuple(seeds.shape)} {seeds.device.type}")
+    return impl.fns["fwd"](seeds.contiguous(), int(n), step, purpose, round)

@@ -35,3 +35,7 @@ def register() -> None:
     @torch.library.register_fake("fastpurify::normal")
     def _(seeds, n, step, purpose, round):
         return seeds.new_empty((seeds.shape[0], n), dtype=torch.float32)
+
+    @torch.library.register_fake("fastpurify::philox_bits")
+    def _(seeds, n, step, purpose, round):
+        return seeds.new_empty((2, seeds.shape[0], n), dtype=torch.int64)

@@ -3,20 +3,31 @@
 Each (op, backend) pair is a `Backend` record declaring devices, dtypes, `available()` and `why_not(inputs)`.
 Selection: the `backend=` argument, then FASTPURIFY_BACKEND (read at call time), then the device's priority list.
 A forced backend that cannot run raises with every backend's reasons; an automatic choice falls back to torch.
+
+On CUDA the automatic choice is the torch reference until benchmarks/gpu_check.py has passed on that kind of GPU:
+the check calls `mark_gpu_verified`, which adds a record to gpu_verified.json (package data, committed with the
+results), and `cuda_priority` puts the backends a matching record names first.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 BACKEND_NAMES = ("torch", "cpu", "triton", "cuda")
-# Automatic choice, per device type.  The C++ op beats the eager torch chain on the CPU (benchmarks/);
-# GPU order is provisional until benchmarks/gpu_check.py has measured it.
-PRIORITY = {"cpu": ("cpu", "torch"), "cuda": ("cuda", "triton", "torch")}
+# Automatic choice, per device type.  The C++ op beats the eager torch chain on the CPU (benchmarks/); on CUDA see
+# cuda_priority: the compiled backends, in VERIFIED_ORDER, only once verified on the GPU.
+PRIORITY = {"cpu": ("cpu", "torch"), "cuda": ("torch",)}
+VERIFIED_ORDER = ("cuda", "triton")
+VERIFIED_PATH = Path(__file__).with_name("gpu_verified.json")
+NOT_VERIFIED = "cuda/triton kernels not yet verified on a GPU: run benchmarks/gpu_check.py"
 
 
 @dataclass(frozen=True)
@@ -70,7 +81,8 @@ def select(op: str, device: torch.device, dtype: torch.dtype, backend: str | Non
         if b is not None and b.why_not(device, dtype) is None:
             return b
         raise RuntimeError(_no_backend_message(op, table, device, dtype, describe, f"forced: {forced} ({source})"))
-    for name in PRIORITY.get(device.type, ("torch",)):
+    order = cuda_priority(device)[0] if device.type == "cuda" else PRIORITY.get(device.type, ("torch",))
+    for name in order:
         b = table.get(name)
         if b is not None and b.why_not(device, dtype) is None:
             return b
@@ -85,3 +97,74 @@ def _no_backend_message(op, table, device, dtype, describe, how) -> str:
         reason = "not implemented for this op" if b is None else (b.why_not(device, dtype) or "available")
         lines.append(f"  {name}: {reason}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- GPU verification
+def _versions() -> tuple[str, str]:
+    from .. import __version__
+
+    return __version__, torch.__version__
+
+
+def _same_release(a: str, b: str) -> bool:
+    """torch versions match on major.minor (2.11.0+cu128 ~ 2.11.1): Triton and the C++ ABI move with them."""
+    return a.split("+")[0].split(".")[:2] == b.split("+")[0].split(".")[:2]
+
+
+def verified_priority(gpu: str, capability: tuple[int, int], records: list[dict], fastpurify_version: str,
+                      torch_version: str) -> tuple[tuple[str, ...], str]:
+    """The automatic order on a CUDA device and why (a pure function of its inputs).  A record verifies a device
+    when GPU name, compute capability, fastpurify version and torch major.minor all match; the compiled backends it
+    names then come first (in VERIFIED_ORDER), the torch reference last."""
+    cap = f"{capability[0]}.{capability[1]}"
+    passed = set()
+    for r in records:
+        if (r.get("gpu") == gpu and r.get("capability") == cap and r.get("fastpurify") == fastpurify_version
+                and _same_release(r.get("torch", ""), torch_version)):
+            passed.update(r.get("backends", ()))
+    first = tuple(b for b in VERIFIED_ORDER if b in passed)
+    if not first:
+        why = f"no record for {gpu}, sm {cap}, fastpurify {fastpurify_version}, torch {torch_version}"
+        return ("torch",), f"{NOT_VERIFIED} ({why})"
+    return first + ("torch",), f"verified on {gpu} (sm {cap}) by benchmarks/gpu_check.py"
+
+
+def load_verified(path: Path | str = VERIFIED_PATH) -> list[dict]:
+    """The records of GPUs on which benchmarks/gpu_check.py passed ([] when none)."""
+    p = Path(path)
+    return json.loads(p.read_text())["records"] if p.exists() else []
+
+
+@cache
+def _cuda_priority(index: int) -> tuple[tuple[str, ...], str]:
+    gpu, cap = torch.cuda.get_device_name(index), torch.cuda.get_device_capability(index)
+    return verified_priority(gpu, cap, load_verified(), *_versions())
+
+
+def cuda_priority(device: torch.device | None = None) -> tuple[tuple[str, ...], str]:
+    """(automatic order, reason) for a CUDA device (the current one by default)."""
+    if not torch.cuda.is_available():
+        return ("torch",), f"{NOT_VERIFIED} (no CUDA device visible here)"
+    index = torch.cuda.current_device() if device is None or device.index is None else device.index
+    return _cuda_priority(index)
+
+
+def mark_gpu_verified(backends, *, index: int = 0, commit: str | None = None, path: Path | str = VERIFIED_PATH,
+                      gpu: str | None = None, capability: tuple[int, int] | None = None) -> dict:
+    """Record that benchmarks/gpu_check.py passed for `backends` (e.g. ('cuda', 'triton')) on CUDA device `index`
+    (or on the given gpu name and capability): from then on the automatic choice on that kind of GPU puts them first.
+    Replaces an earlier record of the same GPU, capability and versions.  Returns the record."""
+    unknown = set(backends) - set(VERIFIED_ORDER)
+    if unknown or not backends:
+        raise ValueError(f"backends must be a non-empty subset of {VERIFIED_ORDER}, got {tuple(backends)}")
+    if gpu is None or capability is None:
+        gpu, capability = torch.cuda.get_device_name(index), torch.cuda.get_device_capability(index)
+    fp_version, torch_version = _versions()
+    record = {"gpu": gpu, "capability": f"{capability[0]}.{capability[1]}", "fastpurify": fp_version,
+              "torch": torch_version, "commit": commit, "date": datetime.date.today().isoformat(),
+              "backends": [b for b in VERIFIED_ORDER if b in set(backends)]}
+    key = ("gpu", "capability", "fastpurify", "torch")
+    records = [r for r in load_verified(path) if tuple(r.get(k) for k in key) != tuple(record[k] for k in key)]
+    Path(path).write_text(json.dumps({"records": records + [record]}, indent=2) + "\n")
+    _cuda_priority.cache_clear()
+    return record

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import tomllib
 
+from ...attacks.adaptive import default_step_size
+
 DATASETS = ("digits", "cifar10", "imagenet")
 SUBSETS = ("first", "seeded")
 DTYPES = ("fp32", "fp64", "fp16", "bf16")
@@ -88,7 +90,7 @@ class AttackConfig:
     loss: str = "ce"               # ce | margin | dlr
     steps: int = 20
     eot: int = 4
-    step_size: float | None = None  # default 2.5·eps/steps
+    step_size: float | None = None  # default eps/4 (fastpurify.attacks.adaptive.default_step_size)
     random_start: bool = True
     grad: str = ""                 # gradient mode through the purifier ("" = the sweep's grad)
     variant: str = ""              # an attack-side purifier variant of the defence (e.g. AGDM's "detach")
@@ -248,7 +250,7 @@ def resolve_defaults(cfg: SweepConfig, base: Path) -> SweepConfig:
     for a in cfg.attacks:
         a.grad = a.grad or cfg.grad
         if a.step_size is None and a.steps > 0:
-            a.step_size = 2.5 * cfg.eps / a.steps
+            a.step_size = default_step_size(cfg.eps)
     if not cfg.ensemble:
         cfg.ensemble = "+".join(a.name for a in cfg.attacks)
 

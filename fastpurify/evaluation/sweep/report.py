@@ -5,7 +5,7 @@ Accuracies per method (`fastpurify.evaluation.stats.summarize`): clean and robus
 (Avg.Rob), worst case (all N correct, Wor.Rob) and majority vote (ties → lowest class index), with 95 % Wilson
 intervals on the n images; the same for every attack of the ensemble alone (on the report draws, over the samples
 it attacked).  The protocol's masking checks are recomputed over the whole sweep from the records and the batch
-lines (`fastpurify.evaluation.protocol.masking_checks`).  An incomplete sweep gives no report unless
+lines (`fastpurify.evaluation.checks.masking_checks`).  An incomplete sweep gives no report unless
 `partial=True`, which marks everything PARTIAL.  The output depends on the files only: running the report twice
 gives byte-identical files.
 """
@@ -20,7 +20,8 @@ import torch
 
 from ...attacks import AttackSpec
 from ...grad import GRAD_LABELS
-from ..protocol import ProtocolConfig, masking_checks
+from ..checks import masking_checks
+from ..protocol import ProtocolConfig
 from ..stats import summarize, wilson_ci
 from .config import BASELINES
 from .merge import Merged, completeness_text, merge

@@ -5,7 +5,8 @@ Python starts) the kernels run in Triton's interpreter on CPU tensors: that is t
 """
 
 from .forward_diffuse import forward_diffuse_bwd, forward_diffuse_fwd
+from .noise import normal_fwd, philox_bits_fwd
 from .sampler_step import guidance_accumulate_bwd, guidance_accumulate_fwd, sampler_step_bwd, sampler_step_fwd
 
 __all__ = ["forward_diffuse_fwd", "forward_diffuse_bwd", "sampler_step_fwd", "sampler_step_bwd",
-           "guidance_accumulate_fwd", "guidance_accumulate_bwd"]
+           "guidance_accumulate_fwd", "guidance_accumulate_bwd", "normal_fwd", "philox_bits_fwd"]

@@ -25,9 +25,9 @@ def on_device(x: torch.Tensor):
 
 
 @triton.jit
-def philox_normal(seed, elem, step, purpose, round):
-    """ξ for the elements `elem` (uint32 block) of the stream of the int64 scalar `seed`; counter (elem, step,
-    purpose, round), the rest uint32 scalars.  Philox4x32-10 words r0, r1 → Box–Muller on 24-bit uniforms, float32."""
+def philox_words(seed, elem, step, purpose, round):
+    """The first two Philox4x32-10 words (r0, r1), uint32 blocks, for the elements `elem` (uint32 block) of the
+    stream of the int64 scalar `seed`: counter (elem, step, purpose, round), the rest uint32 scalars."""
     k0 = (seed & 0xFFFFFFFF).to(tl.uint32)
     k1 = ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32)
     c0 = elem
@@ -43,6 +43,14 @@ def philox_normal(seed, elem, step, purpose, round):
         c3 = a0 * 0xD2511F53
         k0 = k0 + 0x9E3779B9
         k1 = k1 + 0xBB67AE85
+    return c0, c1
+
+
+@triton.jit
+def philox_normal(seed, elem, step, purpose, round):
+    """ξ for the elements `elem` of the stream of `seed` (arguments as philox_words): Box–Muller on the 24-bit
+    uniforms of the words r0, r1, in float32."""
+    c0, c1 = philox_words(seed, elem, step, purpose, round)
     u1 = ((c0 >> 8) + 1).to(tl.float32) * (1.0 / 16777216.0)
     u2 = (c1 >> 8).to(tl.float32) * (1.0 / 16777216.0)
     # tl.log/tl.cos lower to libdevice's precise __nv_logf/__nv_cosf; tl.sqrt would be the approximate sqrt.
