@@ -58,7 +58,8 @@ class MethodPurifier(InferenceModule):
 
 def build_method(name: str, model, aux: nn.Module | None = None, *, t_star=None, settings: dict | None = None,
                  backend: str | None = None) -> MethodPurifier:
-    """name ∈ {'diffpure', 'agdm', 'gdmp-mse', 'gdmp-ssim', 'multiround'}; settings default to DIGITS[name]."""
+    """name ∈ {'diffpure', 'agdm', 'gdmp-mse', 'gdmp-ssim', 'multiround'}; settings default to DIGITS[name]; a
+    'steps' entry respaces every round's sampler to that many network calls (default: the preset's)."""
     if settings is None:
         if name not in DIGITS:
             raise ValueError(f"unknown method {name!r}; known: {', '.join(DIGITS)}")
@@ -68,18 +69,20 @@ def build_method(name: str, model, aux: nn.Module | None = None, *, t_star=None,
         if aux is None:
             raise ValueError("AGDM needs the auxiliary network (aux=...), e.g. fastpurify.zoo.digits_aux()")
         cfg = s["agdm"]
-        pur = Purifier(model, s["preset"], t_star=t_star, backend=backend, guidance=AGDMGuidance(aux, cfg))
+        pur = Purifier(model, s["preset"], t_star=t_star, steps=s.get("steps"), backend=backend,
+                       guidance=AGDMGuidance(aux, cfg))
         return MethodPurifier(name, pur, {"config": pur.config.as_dict(), "guidance": cfg.as_dict(),
                                           "nfe": pur.config.nfe, "aux_forward_backward": pur.config.nfe})
     if name.startswith("gdmp"):
         cfg = s["gdmp"]
-        rounds = [Purifier(model, s["preset"], t_star=t_star, backend=backend, guidance=GDMPGuidance(cfg))
+        rounds = [Purifier(model, s["preset"], t_star=t_star, steps=s.get("steps"), backend=backend,
+                           guidance=GDMPGuidance(cfg))
                   for _ in range(s.get("rounds", 1))]
         mr = MultiRound(rounds)
         return MethodPurifier(name, mr, {"config": rounds[0].config.as_dict(), "rounds": len(rounds),
                                          "guidance": cfg.as_dict(), "nfe": mr.nfe})
     if name.startswith("multiround"):
-        rounds = [Purifier(model, "ddpm", t_star=k, backend=backend) for k in s["rounds_t"]]
+        rounds = [Purifier(model, "ddpm", t_star=k, steps=s.get("steps"), backend=backend) for k in s["rounds_t"]]
         mr = MultiRound(rounds)
         return MethodPurifier(name, mr, {"config": rounds[0].config.as_dict(), "rounds_t": list(s["rounds_t"]),
                                          "nfe": mr.nfe})

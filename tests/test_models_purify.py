@@ -115,6 +115,24 @@ def test_diffpure_imagenet_224_to_256_with_gradients(imagenet_files):
     assert y256.shape == (1, 3, 256, 256)
 
 
+def test_resize_purifier_passes_grad_modes_and_reports_nfe():
+    """The attacks call purifier(x, seed=, grad=, trace=): the resize wrapper must pass them on (BPDA through the
+    resize is the resize's own Jacobian) and report the wrapped purifier's NFE."""
+    from fastpurify.zoo import digits
+
+    inner = Purifier(digits().diffusion, "ddpm", t_star=20, steps=2)
+    wrapped = ResizePurifier(inner, size=16)
+    assert wrapped.nfe == inner.config.nfe == 2 and wrapped.describe()["resize_to"] == 16
+    x = torch.rand(2, 1, 12, 12, requires_grad=True)
+    w = torch.randn(2, 1, 12, 12)
+    (wrapped(x, seed=0, grad="bpda") * w).sum().backward()
+    up = torch.nn.functional.interpolate
+    x2 = x.detach().clone().requires_grad_(True)
+    (up(up(x2, size=(16, 16), mode="bilinear"), size=(12, 12), mode="bilinear") * w).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+    assert wrapped.last_nfe == inner.last_nfe == 2
+
+
 # ---------------------------------------------------------------------------------------------- full size (slow)
 @pytest.mark.slow
 def test_full_size_ncsnpp_checkpoint_loads_and_purifies(tmp_path):

@@ -28,7 +28,29 @@ from .protocol import ProtocolConfig, evaluate
 from .stats import half_width
 from .tables import checks_lines, failed_checks, markdown_table
 
-METHODS = ("none", "aux", "diffpure", "diffpure+aux", "gdmp-mse", "agdm", "multiround")
+METHODS = ("none", "aux", "diffpure", "agdm", "diffpure+aux", "gdmp-mse", "multiround")
+
+# The compare's sampler budgets: (settings, t*) per defence.  The attacks keep the protocol's full budget (20 steps
+# × EOT 4, second order through guidance); the purifiers run at 10–30 network calls so that 64 held-out images ×
+# 7 defences × N = 5 fit in about an hour on 2 cores.  Guided samplers need the full DDPM chain, so AGDM and GDMP
+# get a smaller t* instead of respacing.  `--paper-settings` uses the methods' own presets (DiffPure 100 steps,
+# AGDM t* 70, GDMP 2 × 36, multi-round 110 calls: 3–7× the cost).
+BUDGET = {
+    "diffpure": ({**DIGITS["diffpure"], "steps": 10}, None),
+    "diffpure+aux": ({**DIGITS["diffpure"], "steps": 10}, None),
+    "agdm": (DIGITS["agdm"], 20),
+    "gdmp-mse": (DIGITS["gdmp-mse"], 15),
+    "multiround": ({**DIGITS["multiround"], "steps": 10}, None),
+}
+
+
+def default_settings(name: str, paper: bool = False) -> tuple[dict | None, int | None]:
+    """(settings, t*) a defence runs with in the compare."""
+    if name in ("none", "aux"):
+        return None, None
+    if paper:
+        return DIGITS[name.removesuffix("+aux")], None
+    return BUDGET[name]
 
 
 def _key(*parts) -> str:
@@ -46,38 +68,43 @@ def evaluate_cached(name, models, aux, x, y, ids, *, settings, t_star, steps, eo
     defence = build_defence(name, models.diffusion, models.classifier, aux, settings=settings, t_star=t_star)
     r = evaluate(defence, x, y, ids, default_attacks(defence, steps=steps, eot=eot), cfg, log=log)
     r.pop("x_adv")
-    r["split"], r["settings"] = split, repr(settings)
+    r["split"], r["settings"], r["t_star"] = split, repr(settings), t_star
     cache.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(r) + "\n")
     log(f"{name} ({split}): clean {r['clean']['mean']:.3f} robust {r['ensemble']['mean']:.3f} ({r['seconds']:.0f} s)")
     return r
 
 
-def agdm_grid(base) -> list[tuple[str, dict, int | None]]:
+def agdm_grid(settings: dict, t_star: int | None) -> list[tuple[str, dict, int | None]]:
     """One-at-a-time sweeps around the base AGDM setting: (label, settings, t*)."""
+    base = settings["agdm"]
     grid = []
     for s in (0.0, 300.0, 1000.0, 3000.0):
-        grid.append((f"s={s:g}", {**DIGITS["agdm"], "agdm": replace(base, scale=s)}, None))
+        grid.append((f"s={s:g}", {**settings, "agdm": replace(base, scale=s)}, t_star))
     for lc, lf in ((0.0, 1.0), (1.0, 0.0)):
         grid.append((f"lambda_cls={lc:g},lambda_feat={lf:g}",
-                     {**DIGITS["agdm"], "agdm": replace(base, lambda_cls=lc, lambda_feat=lf)}, None))
-    grid.append(("view=tweedie", {**DIGITS["agdm"], "agdm": replace(base, view="tweedie")}, None))
-    grid.append(("window=[0,34]", {**DIGITS["agdm"], "agdm": replace(base, window=(0, 34))}, None))
-    for k in (30, 100):
-        grid.append((f"t*={k}", {**DIGITS["agdm"], "agdm": base}, k))
+                     {**settings, "agdm": replace(base, lambda_cls=lc, lambda_feat=lf)}, t_star))
+    grid.append(("view=tweedie", {**settings, "agdm": replace(base, view="tweedie")}, t_star))
+    grid.append((f"window=[0,{(t_star or 70) // 2 - 1}]",
+                 {**settings, "agdm": replace(base, window=(0, (t_star or 70) // 2 - 1))}, t_star))
+    for k in (10, 40, 70):
+        if k != t_star:
+            grid.append((f"t*={k}", {**settings, "agdm": base}, k))
     return grid
 
 
-def tune(models, aux, *, n: int, steps: int, eot: int, cfg: ProtocolConfig, cache: Path, log) -> dict:
+def tune(models, aux, *, n: int, steps: int, eot: int, cfg: ProtocolConfig, cache: Path, log,
+         paper: bool = False) -> dict:
     """Sweep guidance settings on the validation split under a reduced ensemble; choose per method the largest
     ensemble robust accuracy with clean accuracy ≥ 90 % (ties: the first, i.e. the smaller scale)."""
     xv, yv = models.val_data()
     xv, yv, ids = xv[:n], yv[:n], torch.arange(n)
-    grids = {"agdm": agdm_grid(DIGITS["agdm"]["agdm"]),
-             "gdmp-mse": [(f"a={a:g}", {**DIGITS["gdmp-mse"], "gdmp": replace(DIGITS["gdmp-mse"]["gdmp"],
-                                                                               guide_scale=a)}, None)
+    (agdm, agdm_t), (gdmp, gdmp_t) = default_settings("agdm", paper), default_settings("gdmp-mse", paper)
+    diffpure, _ = default_settings("diffpure", paper)
+    grids = {"agdm": agdm_grid(agdm, agdm_t),
+             "gdmp-mse": [(f"a={a:g}", {**gdmp, "gdmp": replace(gdmp["gdmp"], guide_scale=a)}, gdmp_t)
                           for a in (1e3, 1e4, 1e5)],
-             "diffpure": [(f"t*={k}", DIGITS["diffpure"], k) for k in (30, 70, 100)]}
+             "diffpure": [(f"t*={k}", diffpure, k) for k in (30, 70, 100)]}
     table, chosen = {}, {}
     for method, grid in grids.items():
         rows = []
@@ -149,8 +176,8 @@ def _plot(out: Path, results: dict, tuning: dict | None) -> bool:
         fig, ax = plt.subplots(figsize=(5, 4))
         base = {"diffpure": None, "agdm": f"s={DIGITS['agdm']['agdm'].scale:g}"}  # the t* sweep's centre point
         for method in ("diffpure", "agdm"):
-            pts = sorted((r["t_star"] or 70, r["robust"]) for r in tuning["grid"][method]
-                         if r["t_star"] is not None or r["label"] == base[method])
+            pts = sorted((r["t_star"] or 100, r["robust"]) for r in tuning["grid"][method]
+                         if r["label"].startswith("t*") or r["label"] == base[method])
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
         ax.set_xlabel("t* (steps of 1000)"), ax.set_ylabel("robust accuracy (validation, reduced ensemble)")
         ax.legend(), fig.tight_layout(), fig.savefig(out / "t_star.png", dpi=120), plt.close(fig)
@@ -159,7 +186,7 @@ def _plot(out: Path, results: dict, tuning: dict | None) -> bool:
 
 def run_compare(out: Path, *, n: int = 64, eps: float = 0.15, steps: int = 20, eot: int = 4, n_eval: int = 5,
                 methods=METHODS, do_tune: bool = False, tune_n: int = 24, tune_steps: int = 10, tune_eot: int = 1,
-                seed: int = 0, log=None) -> dict:
+                seed: int = 0, paper_settings: bool = False, log=None) -> dict:
     from .. import __version__
     from ..zoo import digits, digits_aux
 
@@ -174,15 +201,18 @@ def run_compare(out: Path, *, n: int = 64, eps: float = 0.15, steps: int = 20, e
     tuning = None
     if do_tune:
         tuning = tune(models, aux, n=tune_n, steps=tune_steps, eot=tune_eot,
-                      cfg=replace(cfg, n_reevals=3, large_eps_n=8), cache=cache, log=log)
+                      cfg=replace(cfg, n_reevals=3, large_eps_n=8), cache=cache, log=log, paper=paper_settings)
     chosen = tuning.pop("_chosen") if tuning else {}
     x, y = models.test_data()
     x, y, ids = x[:n], y[:n], torch.arange(n)
     results = {}
     for name in methods:
-        pick = chosen.get(name, {})
-        settings = pick.get("settings", DIGITS.get(name.removesuffix("+aux")) if name != "aux" else None)
-        results[name] = evaluate_cached(name, models, aux, x, y, ids, settings=settings, t_star=pick.get("t_star"),
+        settings, t_star = default_settings(name, paper_settings)
+        if name in chosen:
+            settings, t_star = chosen[name]["settings"], chosen[name]["t_star"]
+        elif name == "diffpure+aux" and "diffpure" in chosen:  # φ behind the same purifier as DiffPure's
+            settings, t_star = chosen["diffpure"]["settings"], chosen["diffpure"]["t_star"]
+        results[name] = evaluate_cached(name, models, aux, x, y, ids, settings=settings, t_star=t_star,
                                         steps=steps, eot=eot, cfg=cfg, cache=cache, split="test", log=log)
     out.mkdir(parents=True, exist_ok=True)
     report = {"dataset": "sklearn digits 16x16, held-out test split", "n_examples": n, "n_reevals": n_eval,
@@ -227,9 +257,12 @@ def main(argv=None) -> int:
     p.add_argument("--tune-steps", type=int, default=10, help="exact-attack steps while tuning")
     p.add_argument("--tune-eot", type=int, default=1, help="EOT draws while tuning")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--paper-settings", action="store_true",
+                   help="the methods' own sampler presets instead of the compare's budget (3–7x slower)")
     a = p.parse_args(argv)
     report = run_compare(a.out, n=a.n, eps=a.eps, steps=a.steps, eot=a.eot, n_eval=a.n_eval,
                          methods=tuple(a.methods.split(",")), do_tune=a.tune, tune_n=a.tune_n,
-                         tune_steps=a.tune_steps, tune_eot=a.tune_eot, seed=a.seed)
+                         tune_steps=a.tune_steps, tune_eot=a.tune_eot, seed=a.seed,
+                         paper_settings=a.paper_settings)
     print(format_table(report))
     return 0

@@ -79,7 +79,8 @@ class AttentionBlock(AttentionBase):
         x = x.reshape(B, C, H * W)
         qkv = self.qkv(self.norm(x)).reshape(B, self.heads, 3 * C // self.heads, H * W)
         q, k, v = (t.transpose(-1, -2) for t in qkv.chunk(3, dim=2))  # (B, heads, T, d)
-        a = attention(q, k, v, self.attn_backend).transpose(-1, -2).reshape(B, C, H * W)
+        # 'math' = QKVAttentionLegacy's arithmetic (q, k scaled by d^−¼ each, multiplied in the torso dtype).
+        a = attention(q, k, v, self.attn_backend, split_scale=True).transpose(-1, -2).reshape(B, C, H * W)
         return (x + self.proj_out(a)).reshape(B, C, H, W)
 
 
@@ -156,7 +157,8 @@ class ADMUNet(nn.Module):
         set_torso_dtype([self.input_blocks, self.middle_block, self.output_blocks], dtype)
 
     def forward(self, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        emb = self.time_embed(sinusoidal_embedding(tau, self.model_channels, shift=0, sin_first=False))
+        emb = self.time_embed(sinusoidal_embedding(tau, self.model_channels, shift=0, sin_first=False,
+                                                       rate_first=False))
         hs, h = [], x
         for block in self.input_blocks:
             h = block(h, emb)

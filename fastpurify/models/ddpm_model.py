@@ -27,6 +27,11 @@ def _gn(c: int) -> GroupNorm32:
     return GroupNorm32(32, c, eps=1e-6)
 
 
+def _swish(x):
+    """The original's nonlinearity, x·σ(x), written out: F.silu rounds differently in the last bit."""
+    return x * torch.sigmoid(x)
+
+
 class ResnetBlock(nn.Module):
     def __init__(self, cin: int, cout: int, temb: int):
         super().__init__()
@@ -36,9 +41,9 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = Conv2d(cin, cout, 1) if cin != cout else None
 
     def forward(self, x, temb):
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.temb_proj(F.silu(temb))[:, :, None, None].to(h.dtype)
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = self.conv1(_swish(self.norm1(x)))
+        h = h + self.temb_proj(_swish(temb))[:, :, None, None].to(h.dtype)
+        h = self.conv2(_swish(self.norm2(h)))
         return (x if self.nin_shortcut is None else self.nin_shortcut(x)) + h
 
 
@@ -55,7 +60,8 @@ class AttnBlock(AttentionBase):
         h = self.norm(x)
         q, k, v = (m(h).reshape(B, 1, C, H * W).transpose(-1, -2) for m in (self.q, self.k, self.v))
         a = attention(q, k, v, self.attn_backend).transpose(-1, -2).reshape(B, C, H, W)
-        return x + self.proj_out(a)
+        # Contiguous like the original's bmm output: the 1×1 conv's algorithm (and rounding) follows the layout.
+        return x + self.proj_out(a.contiguous())
 
 
 class Downsample(nn.Module):
@@ -121,8 +127,8 @@ class DDPMModel(nn.Module):
         set_torso_dtype([self.conv_in, self.down, self.mid, self.up], dtype)
 
     def forward(self, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        temb = self.temb.dense[0](sinusoidal_embedding(tau, self.ch, shift=1, sin_first=True))
-        temb = self.temb.dense[1](F.silu(temb))
+        temb = self.temb.dense[0](sinusoidal_embedding(tau, self.ch, shift=1, sin_first=True, rate_first=True))
+        temb = self.temb.dense[1](_swish(temb))
         hs = [self.conv_in(x)]
         for lvl, stage in enumerate(self.down):
             for b in range(self.num_res_blocks):
@@ -142,4 +148,4 @@ class DDPMModel(nn.Module):
             if lvl != 0:
                 h = stage.upsample(h)
         h = h.to(x.dtype)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(_swish(self.norm_out(h)))

@@ -191,7 +191,8 @@ class DiffusersUNet2D(nn.Module):
     def forward(self, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         c = self.config
         u = 2 * x - 1.0 if c["center_input_sample"] else x
-        t = sinusoidal_embedding(tau, c["block_out_channels"][0], shift=c["freq_shift"], sin_first=True)
+        t = sinusoidal_embedding(tau, c["block_out_channels"][0], shift=c["freq_shift"], sin_first=True,
+                                 rate_first=False)
         if c["flip_sin_to_cos"]:
             t = torch.cat([t[:, t.shape[1] // 2:], t[:, :t.shape[1] // 2]], dim=1)
         temb = self.time_embedding.linear_2(F.silu(self.time_embedding.linear_1(t)))

@@ -7,8 +7,8 @@ Precision model (CHECKPOINTS.md §3, generalised from guided-diffusion's `conver
   - time-embedding MLPs and the output head stay fp32 (see `set_torso_dtype`).
 For fp32 weights and inputs every cast here is a no-op, so fp32 numerics equal the plain torch layers.
 
-Attention goes through `attention(q, k, v)`; the backend is a per-module attribute ('sdpa' default, 'math' = the
-originals' explicit softmax formula, 'xformers' when installed), set with `set_attention_backend`.
+Attention goes through `attention(q, k, v)`; the backend is a per-module attribute ('sdpa' default, 'math' = each
+original's explicit softmax arithmetic, 'xformers' when installed), set with `set_attention_backend`.
 """
 
 from __future__ import annotations
@@ -60,13 +60,31 @@ def set_torso_dtype(torso: list[nn.Module], dtype: torch.dtype) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- time embeddings
-def sinusoidal_embedding(t: torch.Tensor, dim: int, *, shift: float, sin_first: bool, max_period: float = 10000.0):
-    """(B,) float time → (B, dim) fp32.  freqs_j = exp(−ln(max_period)·j / (dim/2 − shift)), j < dim/2.
+def embedding_frequencies(half: int, *, shift: float, rate_first: bool, max_period: float = 10000.0,
+                          device=None) -> torch.Tensor:
+    """ω_j = max_period^(−j / (half − shift)), j < half, in fp32, rounded the way each original computes them.
 
-    DDPM / score_sde / diffusers(freq_shift 1, no flip): shift 1, [sin, cos].  ADM: shift 0, [cos, sin].
+    rate_first=True — DDPM's TF code, pesser's / SDEdit's `Model`, score_sde's `get_timestep_embedding`: the rate
+    ln(max_period) / (half − shift) is a Python float, rounded once to fp32, then ω_j = exp(j · −rate).
+    rate_first=False — guided-diffusion's `timestep_embedding`, diffusers: ω_j = exp((−ln(max_period)·j) / (half −
+    shift)), the fp32 product rounded before the division.  The two differ in the last bit for some j, which the
+    network amplifies to ~1e-6 at its output.
     """
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - shift))
+    j = torch.arange(half, dtype=torch.float32, device=device)
+    if rate_first:
+        return torch.exp(j * -(math.log(max_period) / (half - shift)))
+    return torch.exp(-math.log(max_period) * j / (half - shift))
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int, *, shift: float, sin_first: bool, rate_first: bool,
+                         max_period: float = 10000.0):
+    """(B,) float time → (B, dim) fp32: [sin(t·ω), cos(t·ω)] or [cos, sin], zero-padded to an odd dim.
+
+    DDPM / score_sde: shift 1, [sin, cos], rate_first.  diffusers: its freq_shift, [sin, cos] (no flip), not rate_first.
+    ADM: shift 0, [cos, sin], not rate_first.  See `embedding_frequencies`.
+    """
+    freqs = embedding_frequencies(dim // 2, shift=shift, rate_first=rate_first, max_period=max_period,
+                                  device=t.device)
     args = t.float()[:, None] * freqs[None]
     emb = torch.cat([torch.sin(args), torch.cos(args)] if sin_first else [torch.cos(args), torch.sin(args)], dim=1)
     return F.pad(emb, (0, 1)) if dim % 2 else emb
@@ -94,12 +112,22 @@ def check_attention_backend(name: str) -> str:
     return name
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa") -> torch.Tensor:
-    """softmax(q kᵀ / √d) v.  q, k, v: (B, heads, L, d) → (B, heads, L, d)."""
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa", *,
+              split_scale: bool = False) -> torch.Tensor:
+    """softmax(q kᵀ / √d) v.  q, k, v: (B, heads, L, d) → (B, heads, L, d).
+
+    backend 'math' reproduces the originals' arithmetic.  split_scale=False (DDPM `Model`, score_sde, diffusers):
+    logits q·k in at least fp32, then scaled by d^−½.  split_scale=True (guided-diffusion's QKVAttentionLegacy):
+    q and k are each scaled by d^−¼ and multiplied in their own dtype (fp16 in the fp16 torso), the softmax runs in
+    fp32 and is cast back before the product with v.  The other backends ignore split_scale.
+    """
     if backend == "sdpa":
         return F.scaled_dot_product_attention(q, k, v)
     if backend == "math":
-        # The originals' formula: logits and softmax in (at least) fp32, as guided-diffusion's QKVAttentionLegacy.
+        if split_scale:
+            s = 1 / math.sqrt(math.sqrt(q.shape[-1]))
+            w = torch.einsum("bhld,bhmd->bhlm", q * s, k * s)
+            return torch.einsum("bhlm,bhmd->bhld", w.float().softmax(dim=-1).to(w.dtype), v)
         acc = torch.promote_types(q.dtype, torch.float32)
         w = torch.einsum("bhld,bhmd->bhlm", q.to(acc), k.to(acc)) * q.shape[-1] ** -0.5
         return torch.einsum("bhlm,bhmd->bhld", w.softmax(dim=-1).to(v.dtype), v)

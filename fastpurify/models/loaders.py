@@ -334,13 +334,14 @@ def _arch(kind: str, sd: dict, saved: dict | None, config: dict, path) -> tuple[
 
 
 def load_diffusion(path, kind: str | None = None, *, device="cpu", dtype=None, channels_last: bool = False,
-                   attention: str = "sdpa", ema: bool = True, sha256: bool | str = True,
+                   attention: str | None = None, ema: bool = True, sha256: bool | str = True,
                    index_at_time: str | None = None, compile: bool = False, precision: str = "fp32",
                    **config) -> PretrainedDiffusion:
     """Load public diffusion weights into fastpurify's own modules; returns a `PretrainedDiffusion`.
 
     kind: None (detect) or one of DIFFUSION_KINDS.  dtype: None/'fp32', 'fp16' (ADM: guided-diffusion's fp16 torso),
-    'bf16'.  attention: 'sdpa' | 'math' | 'xformers'.  ema: score_sde files — the EMA weights (default) or the raw
+    'bf16'.  attention: 'sdpa' | 'math' | 'xformers'; None = 'math' for an fp16 ADM (guided-diffusion's legacy
+    attention arithmetic, bit for bit), 'sdpa' otherwise.  ema: score_sde files — the EMA weights (default) or the raw
     'model' ones.  sha256: True records it in `.meta`, a hex string must match, False skips hashing.
     index_at_time: how an index-trained net is driven at continuous time (default: 'floor' for ADM, as DiffPure;
     'shifted' otherwise).  compile / precision ('fp32' | 'bf16' | 'fp16'): how every Purifier over this model runs
@@ -394,6 +395,8 @@ def load_diffusion(path, kind: str | None = None, *, device="cpu", dtype=None, c
         model.set_channels_last(True)
     precision_support(precision, torch.device(device))  # fp16 on a CPU without it: say so at load time
     model.speed = speed
+    if attention is None:  # fp16 ADM: reproduce guided-diffusion's fp16 QKVAttentionLegacy exactly (docs/MODELS.md)
+        attention = "math" if kind == "adm" and parse_dtype(dtype) == torch.float16 else "sdpa"
     return model.set_attention(attention)
 
 

@@ -22,7 +22,8 @@ from .layers import NIN, AttentionBase, Conv2d, GroupNorm32, Linear, attention, 
 # NVlabs/DiffPure:configs/cifar10.yml (score_sde vp/cifar10_ddpmpp_deep_continuous).
 NCSNPP_CIFAR10 = dict(image_size=32, channels=3, nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=8, attn_resolutions=(16,))
 
-_RSQRT2 = 1.0 / math.sqrt(2.0)
+# skip_rescale divides by √2 (the original's arithmetic; multiplying by 1/√2 rounds differently).
+_SQRT2 = math.sqrt(2.0)
 
 
 def _gn(c: int) -> GroupNorm32:
@@ -46,8 +47,9 @@ class ResnetBlockBigGAN(nn.Module):
     def _resample(self, x):
         if self.up:  # naive_upsample_2d = nearest ×2
             return F.interpolate(x, scale_factor=2.0, mode="nearest")
-        if self.down:  # naive_downsample_2d = 2×2 mean
-            return F.avg_pool2d(x, 2)
+        if self.down:  # naive_downsample_2d: the mean over each 2×2 block, summed in the original's order
+            B, C, H, W = x.shape
+            return x.reshape(B, C, H // 2, 2, W // 2, 2).mean(dim=(3, 5))
         return x
 
     def forward(self, x, temb):
@@ -58,7 +60,7 @@ class ResnetBlockBigGAN(nn.Module):
         h = self.Conv_1(F.silu(self.GroupNorm_1(h)))
         if self.Conv_2 is not None:
             x = self.Conv_2(x)
-        return (x + h) * _RSQRT2
+        return (x + h) / _SQRT2
 
 
 class AttnBlockpp(AttentionBase):
@@ -75,7 +77,7 @@ class AttnBlockpp(AttentionBase):
         # (B, C, H, W) → (B, 1, HW, C): one head of width C, scale C^−½ as in the original.
         q, k, v = (m(h).reshape(B, 1, C, H * W).transpose(-1, -2) for m in (self.NIN_0, self.NIN_1, self.NIN_2))
         a = attention(q, k, v, self.attn_backend).transpose(-1, -2).reshape(B, C, H, W)
-        return (x + self.NIN_3(a)) * _RSQRT2
+        return (x + self.NIN_3(a)) / _SQRT2
 
 
 class NCSNpp(nn.Module):
@@ -124,7 +126,7 @@ class NCSNpp(nn.Module):
     def forward(self, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         m = iter(self.all_modules)
         # Time embedding: score_sde get_timestep_embedding (shift 1, [sin, cos]) → Linear → SiLU → Linear.
-        temb = next(m)(sinusoidal_embedding(tau, self.nf, shift=1, sin_first=True))
+        temb = next(m)(sinusoidal_embedding(tau, self.nf, shift=1, sin_first=True, rate_first=True))
         temb = next(m)(F.silu(temb))
         hs = [next(m)(x)]
         for lvl in range(self.n_levels):

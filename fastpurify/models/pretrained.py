@@ -68,7 +68,8 @@ class PretrainedDiffusion(EpsDiffusion):
         return self
 
     def set_attention(self, backend: str) -> "PretrainedDiffusion":
-        """'sdpa' (default), 'math' (the originals' explicit softmax), 'xformers' (if installed; else why not)."""
+        """'sdpa' (default), 'math' (each original's explicit softmax arithmetic; for ADM guided-diffusion's
+        QKVAttentionLegacy, bit-identical in fp16), 'xformers' (if installed; else why not)."""
         set_attention_backend(self.net, backend)
         self.meta["attention"] = backend
         return self
@@ -104,19 +105,35 @@ class ResizePurifier(nn.Module):
     """Purify at the diffusion model's resolution, return at the input's: bilinear (align_corners=False) resize
     up before and back after, both inside autograd (DiffPure / Lee & Kim ImageNet: 224 → 256 → 224).
 
-    Wraps a `Purifier` (or anything with `.model.image_size` and `forward(x, seed=None)`); usable in
-    `PurifiedClassifier` unchanged.
+    Wraps a `Purifier`, `MethodPurifier` or `MultiRound` (size: the model's resolution; default
+    `purifier.model.image_size`); passes `grad=` / `trace=` through for the attacks and reports the wrapped
+    purifier's NFE, so it is usable in `PurifiedClassifier` and the evaluation protocol unchanged.
     """
 
-    def __init__(self, purifier: nn.Module):
+    def __init__(self, purifier: nn.Module, size: int | None = None):
         super().__init__()
         self.purifier = purifier
+        self.size = int(size if size is not None else purifier.model.image_size)
 
-    def forward(self, x: torch.Tensor, seed=None) -> torch.Tensor:
+    @property
+    def nfe(self):  # the planned network calls (MethodPurifier/MultiRound: .nfe; Purifier: .config.nfe)
+        config = getattr(self.purifier, "config", None)
+        return getattr(self.purifier, "nfe", getattr(config, "nfe", None))
+
+    @property
+    def last_nfe(self):
+        return getattr(self.purifier, "last_nfe", None)
+
+    def describe(self) -> dict:
+        inner = self.purifier
+        info = inner.describe() if hasattr(inner, "describe") else {"config": inner.config.as_dict()}
+        return {**info, "resize_to": self.size}
+
+    def forward(self, x: torch.Tensor, seed=None, grad=None, trace=None) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             raise ValueError(f"x must be an NCHW tensor, got {getattr(x, 'shape', type(x))}")
-        n = self.purifier.model.image_size
-        size = tuple(x.shape[-2:])
+        n, size = self.size, tuple(x.shape[-2:])
+        extra = {k: v for k, v in (("grad", grad), ("trace", trace)) if v is not None}
         u = x if size == (n, n) else F.interpolate(x, size=(n, n), mode="bilinear", align_corners=False)
-        y = self.purifier(u, seed=seed)
+        y = self.purifier(u, seed=seed, **extra)
         return y if size == (n, n) else F.interpolate(y, size=size, mode="bilinear", align_corners=False)

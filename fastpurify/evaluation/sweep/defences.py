@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...api import Purifier
 from ...attacks import AttackSpec, Defence
 from ...methods import MethodPurifier, with_scale
+from ...models import ResizePurifier
 from ..defences import build_defence as build_named_defence
 from .config import BASELINES, GUIDED_OR_MULTI, ConfigError, MethodConfig, SweepConfig
 
@@ -71,32 +71,6 @@ def load_models(cfg: SweepConfig) -> Models:
     return Models(diffusion, classifier.requires_grad_(False), aux, dtype, device)
 
 
-class Resized(nn.Module):
-    """A purifier run at the diffusion model's resolution: bilinear resize up before and back after, inside
-    autograd (what fastpurify.models.ResizePurifier does, with the grad= / trace= arguments the attacks pass)."""
-
-    def __init__(self, purifier: nn.Module, size: int):
-        super().__init__()
-        self.purifier, self.size = purifier, size
-
-    @property
-    def nfe(self):
-        return getattr(self.purifier, "nfe", None)
-
-    @property
-    def last_nfe(self):
-        return getattr(self.purifier, "last_nfe", None)
-
-    def describe(self) -> dict:
-        return {**self.purifier.describe(), "resize_to": self.size}
-
-    def forward(self, x, seed=None, grad=None, trace=None):
-        n, size = self.size, tuple(x.shape[-2:])
-        u = F.interpolate(x, size=(n, n), mode="bilinear", align_corners=False)
-        y = self.purifier(u, seed=seed, grad=grad, **({} if trace is None else {"trace": trace}))
-        return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
-
-
 def build_defence(mc: MethodConfig, models: Models, cfg: SweepConfig, image_size: int) -> Defence:
     backend = cfg.backend or None
     if mc.name in BASELINES or mc.name in GUIDED_OR_MULTI:
@@ -109,7 +83,7 @@ def build_defence(mc: MethodConfig, models: Models, cfg: SweepConfig, image_size
                                                                            "nfe": p.config.nfe}))
     d.name = mc.label
     if d.purifier is not None and image_size != models.diffusion.image_size:
-        d.purifier = Resized(d.purifier, models.diffusion.image_size)
+        d.purifier = ResizePurifier(d.purifier, models.diffusion.image_size)
     return d
 
 
@@ -146,7 +120,7 @@ def attack_specs(cfg: SweepConfig) -> list[AttackSpec]:
 
 def check_shapes(models: Models, sample: torch.Tensor, n_classes: int) -> None:
     """Data and models fit (channels, square images, classes): checked on one image before any work.  Another
-    size than the diffusion model's is resized around the purifier (Resized)."""
+    size than the diffusion model's is resized around the purifier (ResizePurifier)."""
     d = models.diffusion
     c, h, w = sample.shape[1:]
     if d.channels != c or h != w:
