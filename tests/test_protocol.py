@@ -155,3 +155,28 @@ def test_convergence_check_fires_when_more_steps_still_help():
     check = {c["name"]: c for c in r["checks"]}["pgd-ce_converged"]
     assert r["attacks"][0]["mean"] == 0.0 and r["attacks"][0]["stats"]["half_steps"]["mean"] == 1.0
     assert check["passed"] is False and check["value"] == 1.0
+
+
+def test_random_start_and_forward_noise_use_the_purifiers_backend(tiny):
+    """A backend forced on the purifier holds for the attack's own noise (random start, forward-only): the same
+    start from the C++ (cpu) and torch backends, and a clear error where the forced backend cannot run."""
+    from fastpurify.attacks import random_start
+    from fastpurify.attacks.adaptive import pgd_config_for
+
+    d, x, _ = tiny
+    model = d.purifier.model
+    spec = AttackSpec("pgd-ce", steps=1, eot=1)
+    starts = {}
+    for backend in ("torch", "cpu"):
+        dd = Defence("tiny", d.classifier, Purifier(model, "ddpm", t_star=6, backend=backend))
+        cfg = pgd_config_for(spec, dd, eps=0.1, norm="linf")
+        assert cfg.backend == backend
+        starts[backend] = random_start(x, torch.arange(4), cfg, run_seed=3)
+    torch.testing.assert_close(starts["cpu"], starts["torch"], atol=1e-6, rtol=0)
+    if not torch.cuda.is_available():
+        dd = Defence("tiny", d.classifier, Purifier(model, "ddpm", t_star=6, backend="cuda"))
+        with pytest.raises((RuntimeError, ValueError), match="cuda"):
+            random_start(x, torch.arange(4), pgd_config_for(spec, dd, eps=0.1, norm="linf"), run_seed=3)
+        with pytest.raises((RuntimeError, ValueError), match="cuda"):
+            run_attack(dd, AttackSpec("fwd", kind="forward_only", steps=1, eot=1, random_start=False), x,
+                       d.classifier(x).argmax(1), torch.arange(4), eps=0.1)

@@ -95,10 +95,16 @@ class Defence:
         return d
 
 
+def _first_purifier(p):
+    """The `Purifier` of the first purification round (through ResizePurifier, MethodPurifier, MultiRound)."""
+    p = getattr(p, "purifier", p)
+    inner = getattr(p, "inner", p)
+    return inner.rounds[0] if hasattr(inner, "rounds") else inner
+
+
 def _first_config(p):
     """The resolved config of the first purification round (for the forward-diffusion noise level)."""
-    inner = getattr(p, "inner", p)
-    inner = inner.rounds[0] if hasattr(inner, "rounds") else inner
+    inner = _first_purifier(p)
     return inner.config, inner.model.schedule
 
 
@@ -188,11 +194,12 @@ def objective_for(defence: Defence, spec: AttackSpec):
             return loss_fn(logits, y) + spec.weight * aux_margin.clamp(max=spec.kappa), logits
     elif spec.kind == "forward_only":
         cfg, sched = _first_config(defence.purifier)
+        backend = _first_purifier(defence.purifier).backend
         abar = float(sched.alphas_cumprod[cfg.k - 1])
         c = math.sqrt(1.0 - abar) / (2.0 * math.sqrt(abar))  # x-scale noise of u_t/√ᾱ mapped back to [0, 1]
 
         def objective(x, seeds, y):
-            z = ops.normal(seeds, tuple(x.shape), step=0, purpose=FORWARD).to(x)
+            z = ops.normal(seeds, tuple(x.shape), step=0, purpose=FORWARD, backend=backend).to(x)
             logits = defence.classifier(_st_clamp01(x + c * z))
             return loss_fn(logits, y), logits
     elif spec.kind == "blind":
@@ -213,8 +220,10 @@ def pgd_config_for(spec: AttackSpec, defence: Defence, eps: float, norm: str, eo
     deterministic = spec.kind in ("blind", "aux") or not defence.randomized
     eot = 1 if deterministic else spec.eot
     step_size = spec.step_size if spec.step_size is not None else default_step_size(eps)
+    # the random start draws its noise with the purifier's op backend (a forced backend holds for the whole attack)
+    backend = getattr(_first_purifier(defence.purifier), "backend", None) if defence.purifier is not None else None
     return PGDConfig(eps=eps, steps=spec.steps, step_size=step_size, eot=eot, norm=norm,
-                     random_start=spec.random_start, eot_chunk=eot_chunk, loss=spec.loss)
+                     random_start=spec.random_start, eot_chunk=eot_chunk, loss=spec.loss, backend=backend)
 
 
 def run_attack(defence: Defence, spec: AttackSpec, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, *,

@@ -63,6 +63,7 @@ class PGDConfig:
     fixed_noise: bool = False       # the same noise at every step (deterministic white-box); needs eot = 1
     loss: str = "ce"                # 'ce' | 'margin' | 'dlr' (attacks/losses.py); ignored when an objective is given
     best_iterate: bool = True       # return each sample's iterate with the lowest EOT accuracy (then margin)
+    backend: str | None = None      # ops backend of the random start's noise (the purifier's; None = automatic)
 
     def __post_init__(self):
         if self.norm not in ("linf", "l2"):
@@ -126,7 +127,8 @@ def random_start(x: torch.Tensor, ids: torch.Tensor, cfg: PGDConfig, run_seed: i
     """Uniform in the ℓ∞ ball (ℓ2: then projected onto the ℓ2 ball), per sample from its own Philox stream."""
     from .. import ops
 
-    z = ops.normal(attack_seeds(run_seed, ids, _START_SALT, 0), tuple(x.shape), step=0, purpose=FORWARD)
+    z = ops.normal(attack_seeds(run_seed, ids, _START_SALT, 0), tuple(x.shape), step=0, purpose=FORWARD,
+                   backend=cfg.backend)
     uniform = 0.5 * (1.0 + torch.erf(z.double() / math.sqrt(2.0)))  # Φ(z) ~ U(0, 1)
     delta = ((2.0 * uniform - 1.0) * cfg.eps).to(x)
     return _project(x, (x + delta).clamp(0, 1), cfg)
