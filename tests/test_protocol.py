@@ -180,3 +180,14 @@ def test_random_start_and_forward_noise_use_the_purifiers_backend(tiny):
         with pytest.raises((RuntimeError, ValueError), match="cuda"):
             run_attack(dd, AttackSpec("fwd", kind="forward_only", steps=1, eot=1, random_start=False), x,
                        d.classifier(x).argmax(1), torch.arange(4), eps=0.1)
+
+
+def test_undefended_check_is_skipped_for_an_adversarially_trained_classifier(tiny):
+    """'undefended → ~0 %' checks the attack on a standard classifier; behind φ (TRADES) it is not a masking sign."""
+    d, x, y = tiny
+    attacks = [AttackSpec("pgd-ce", steps=1, eot=1), AttackSpec("blind", kind="blind", steps=1, eot=1)]
+    cfg = ProtocolConfig(eps=0.01, n_reevals=1, large_eps=None)
+    for robust, expect in ((False, (True, False)), (True, (None,))):
+        dd = Defence("tiny", d.classifier, d.purifier, robust_classifier=robust)
+        check = {c["name"]: c for c in evaluate(dd, x, y, torch.arange(4), attacks, cfg)["checks"]}
+        assert check["undefended_near_zero"]["passed"] in expect

@@ -48,6 +48,8 @@ class Defence:
     purifier: forward(x, seed=, grad=, trace=) → images in [0, 1] (Purifier, MethodPurifier, MultiRound, …).
     aux: an auxiliary network inside the defence (AGDM's φ), attacked directly by 'aux' and 'joint' attacks.
     variants: attack-side purifiers by name (e.g. {'detach': AGDM with guidance_grad='detach'}), for 'pgd' attacks.
+    robust_classifier: the classifier is adversarially trained (φ behind DiffPure), so the masking check
+    "undefended → ~0 %" does not apply to it (its robustness is measured as a defence of its own).
     """
 
     name: str
@@ -55,6 +57,7 @@ class Defence:
     purifier: nn.Module | None = None
     aux: nn.Module | None = None
     variants: dict = field(default_factory=dict)
+    robust_classifier: bool = False
 
     @property
     def randomized(self) -> bool:

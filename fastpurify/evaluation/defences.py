@@ -26,7 +26,7 @@ def build_defence(name: str, model, classifier, aux=None, *, settings: dict | No
         if name == "aux":
             return Defence("aux", aux)
         pur = build_method("diffpure", model, t_star=t_star, settings=settings, backend=backend)
-        return Defence("diffpure+aux", aux, pur)
+        return Defence("diffpure+aux", aux, pur, robust_classifier=True)
     pur = build_method(name, model, aux, t_star=t_star, settings=settings, backend=backend)
     if not name.startswith("agdm"):
         return Defence(name, classifier, pur)
