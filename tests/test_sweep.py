@@ -54,6 +54,9 @@ def test_example_config_resolves(tmp_path):
     ("device=\"tpu\"", "device"),
     ("grad=\"magic\"", "grad must be one of"),
     ("batch_size=0", "batch_size must be >= 1"),
+    ("large_eps=0.1", "must exceed eps"),
+    ("large_eps_n=-1", "large_eps and large_eps_n must be >= 0"),
+    ("large_eps=0", None),                                 # the check switched off
     ("eps=\"big\"", "eps: expected a number"),
     ("model.diffusion=\"/nonexistent/ckpt.pt\"", "does not exist"),
     ("data.dataset=\"cifar10\"", "data.path"),

@@ -24,10 +24,12 @@ from fastpurify.evaluation.sweep.shards import DistEnv
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "sweep_digits.toml"
-# The example config shrunk: 6 images, the classifier alone and a 2-step DDIM, a 2-attack ensemble, N = 2.
+# The example config shrunk: 6 images, the classifier alone and a 2-step DDIM, a 2-attack ensemble, N = 2, the
+# large-ε check on the first 3 images.
 TINY = ['methods=[{name="none"}, {name="ddim", t_star=20, steps=2}]',
         'attacks=[{name="pgd-full", steps=2, eot=1}, {name="pgd-bpda", steps=2, eot=1, grad="bpda"}]',
-        "data.n=6", "n_reevals=2", 'dtype="fp64"', "threads=1", "quiet=true", "save_adv=true", "grid=3"]
+        "data.n=6", "n_reevals=2", 'dtype="fp64"', "threads=1", "quiet=true", "save_adv=true", "grid=3",
+        "large_eps_n=3"]
 
 
 def _sets(out: Path, *extra) -> list[str]:
@@ -101,7 +103,14 @@ def test_reference_run_and_its_report(reference):
         assert r["adv_preds"] == (r["clean_preds"] if w == "clean" else r["attacks"][w]["preds"])
         if w != "clean":
             assert r["attacks"][w]["sel_acc"] == min(a["sel_acc"] for a in r["attacks"].values())
+    # the large-ε check: on the first 3 images of the randomised method only (batch size 4 splits them from the rest)
+    assert [i for i in range(6) if "large_eps_preds" in rows[("ddim@20", i)]] == [0, 1, 2]
+    assert not any("large_eps_preds" in rows[("none", i)] for i in range(6))
     rep = write_report(reference)
+    ddim_rep = next(r for r in rep["results"] if r["method"] == "ddim@20")
+    large = next(c for c in ddim_rep["checks"] if c["name"] == "large_eps_near_zero")
+    assert ddim_rep["large_eps"]["n_examples"] == 3 and large["value"] == ddim_rep["large_eps"]["mean"]
+    assert large["passed"] == (large["value"] <= 0.05) and "eps 0.5 on 3 samples" in large["detail"]
     names = sorted(p.name for p in (reference / "report").iterdir())
     assert {"report.json", "report.md", "grid_none.png", "grid_ddim_20.png", "robust_vs_clean.png",
             "accuracy_vs_iterations.png"} <= set(names)

@@ -5,6 +5,7 @@ validation before any work starts.
     eps = 0.15                     # threat model on the [0, 1] scale
     norm = "linf"
     n_reevals = 5                  # N fresh purifications per evaluation
+    large_eps = 0.5                # masking check: plain CE at this ε on the first large_eps_n images → ~0 % (0: off)
     [data]      dataset, split, path, labels, subset, n, ids, ids_file, data_seed
     [model]     diffusion, classifier (files or "digits"), their kinds, aux (AGDM's auxiliary network)
     [[methods]] name (none | build_method name | preset), label, t_star, steps, scale
@@ -114,6 +115,8 @@ class SweepConfig:
     dtype: str = "fp32"
     backend: str = ""              # op backend ("" = automatic)
     eot_chunk: int = 0             # most rows per forward call inside attacks; 0 = all (memory only, never results)
+    large_eps: float = 0.5         # the large-ε masking check (plain CE, exact gradients; 0 = not run) ...
+    large_eps_n: int = 16          # ... on the first large_eps_n images of the manifest, per randomised method
     ensemble: str = ""             # name of the attack ensemble ("" = the attack names joined by '+')
     threads: int = 0               # torch threads per process (0 = torch's default)
     save_adv: bool = False         # adversarial images into per-rank safetensors shards
@@ -288,6 +291,9 @@ def validate(cfg: SweepConfig) -> SweepConfig:
     need(cfg.n_select >= 0 and cfg.eot_chunk >= 0, "n_select and eot_chunk must be >= 0 (0: the default)")
     need(cfg.threads >= 0 and cfg.grid >= 0, "threads and grid must be >= 0")
     need(cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}")
+    need(cfg.large_eps >= 0 and cfg.large_eps_n >= 0, "large_eps and large_eps_n must be >= 0 (0: check not run)")
+    need(not cfg.large_eps or cfg.large_eps > cfg.eps,
+         f"large_eps ({cfg.large_eps}) must exceed eps ({cfg.eps}): the check attacks at a much larger radius")
     need(cfg.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {cfg.dtype!r}")
     need(cfg.grad in ATTACK_GRADS, f"grad must be one of {ATTACK_GRADS}, got {cfg.grad!r}")
     _check_device(cfg.device)

@@ -5,23 +5,26 @@ The protocol's per-sample results (clean draws, each attack's report-draw predic
 margin, the per-sample winner and its report draws) do not depend on the batch; the batch-level statistics the
 masking checks need (zero-gradient fractions, best-iterate curves, the undefended accuracy on the 'blind' images)
 go into a separate batch line, which the report aggregates weighted by the number of samples attacked.  The
-protocol's large-ε check is a per-run check on a few samples, not per batch: sweeps leave it out
-(ProtocolConfig.large_eps=None) and the report says so.
+protocol's large-ε check runs on the first `large_eps_n` images of the manifest (whichever batch and rank they
+fall in): their records carry `large_eps_preds`, which the report pools into the check.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ...attacks import AttackSpec, Defence
-from ..protocol import PROTOCOL, ProtocolConfig, evaluate
+from ..protocol import PROTOCOL, ProtocolConfig, evaluate, large_eps_attack
 
 __all__ = ["PROTOCOL", "evaluate_batch", "protocol_config", "run_seeds"]
 
 
 def protocol_config(cfg) -> ProtocolConfig:
     return ProtocolConfig(eps=cfg.eps, norm=cfg.norm, n_reevals=cfg.n_reevals, n_select=cfg.n_select or None,
-                          seed=cfg.seed, eot_chunk=cfg.eot_chunk or None, large_eps=None)
+                          seed=cfg.seed, eot_chunk=cfg.eot_chunk or None, large_eps=cfg.large_eps or None,
+                          large_eps_n=cfg.large_eps_n)
 
 
 def run_seeds(seed: int, specs: list[AttackSpec]) -> dict:
@@ -36,9 +39,16 @@ def _norms(x_adv: torch.Tensor, x: torch.Tensor) -> tuple[list[float], list[floa
 
 
 def evaluate_batch(defence: Defence, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, specs: list[AttackSpec],
-                   pcfg: ProtocolConfig) -> tuple[list[dict], dict, torch.Tensor]:
-    """(per-sample outcome dicts, the batch line, the chosen adversarial images)."""
-    res = evaluate(defence, x, y, ids, specs, pcfg)
+                   pcfg: ProtocolConfig, large_ids: frozenset = frozenset()) -> tuple[list[dict], dict, torch.Tensor]:
+    """(per-sample outcome dicts, the batch line, the chosen adversarial images).  Samples whose id is in
+    large_ids also get the large-ε check (a randomised defence only, as in the protocol)."""
+    res = evaluate(defence, x, y, ids, specs, dataclasses.replace(pcfg, large_eps=None))
+    large = {}
+    sel = [b for b, i in enumerate(ids.tolist()) if i in large_ids]
+    if sel and pcfg.large_eps and defence.randomized:
+        idx = torch.tensor(sel, device=x.device)
+        preds = large_eps_attack(defence, x[idx], y[idx], ids[idx], pcfg)["preds"]
+        large = dict(zip(sel, preds))
     x_adv = res.pop("x_adv")
     linf, l2 = _norms(x_adv, x)
     nfe_attack = {r["attack"]: (r["stats"]["nfe_attack"] or 0) for r in res["attacks"] if "stats" in r}
@@ -57,6 +67,8 @@ def evaluate_batch(defence: Defence, x: torch.Tensor, y: torch.Tensor, ids: torc
             "nfe_attack": sum(nfe_attack.get(k, 0) for k in attacks),
             "nfe_eval": (res["nfe_defense"] or 0) * (N + S) * (1 + len(attacks)),
         })
+        if b in large:
+            rows[-1]["large_eps_preds"] = large[b]
     batch = {"n": len(ids), "seconds": res["seconds"], "attacks": {}}
     for r in res["attacks"]:
         st = r.get("stats")

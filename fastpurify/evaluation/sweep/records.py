@@ -28,7 +28,7 @@ RECORDS_DIR, ADV_DIR = "records", "adv"
 # Outcome fields: what two records of the same (sample, method) must agree on to count as duplicates of one
 # result.  Identity, placement and cost fields (rank, attempt, timestamp, wall_s, adv_path…) may differ.
 OUTCOME_FIELDS = ("label", "clean_preds", "clean_correct", "adv_preds", "adv_correct", "winner", "attacks",
-                  "margin", "linf", "l2")
+                  "margin", "linf", "l2", "large_eps_preds")
 FLOAT_TOL = 1e-4  # margins and norms may differ in the last bits with batch composition (float reassociation)
 
 

@@ -5,7 +5,8 @@ Accuracies per method (`fastpurify.evaluation.stats.summarize`): clean and robus
 (Avg.Rob), worst case (all N correct, Wor.Rob) and majority vote (ties → lowest class index), with 95 % Wilson
 intervals on the n images; the same for every attack of the ensemble alone (on the report draws, over the samples
 it attacked).  The protocol's masking checks are recomputed over the whole sweep from the records and the batch
-lines (`fastpurify.evaluation.checks.masking_checks`).  An incomplete sweep gives no report unless
+lines (`fastpurify.evaluation.checks.masking_checks`), the large-ε check from the records of the first
+`large_eps_n` images.  An incomplete sweep gives no report unless
 `partial=True`, which marks everything PARTIAL.  The output depends on the files only: running the report twice
 gives byte-identical files.
 """
@@ -60,9 +61,18 @@ def _attack_stats(batches: list[dict], name: str) -> dict | None:
                                      sum(r["n_attacked"] for r in und), 6) if und else None)}
 
 
-def _checks(mc: dict, cfg: dict, attacks: dict, stats: dict) -> list[dict]:
-    """The protocol's masking checks over the whole sweep of one method (the large-ε check is a per-run check on a
-    few samples and is not run by sweeps: reported as skipped)."""
+def _large_eps(recs: list[dict], cfg: dict) -> dict | None:
+    """The protocol's large-ε check pooled over the records that carry it (the first large_eps_n images)."""
+    on = [r for r in recs if "large_eps_preds" in r]
+    if not on:
+        return None
+    s = summarize(torch.tensor([r["large_eps_preds"] for r in on]), torch.tensor([r["label"] for r in on]))
+    return {"eps": cfg["large_eps"], "n_examples": len(on), "mean": s["mean"], "worst": s["worst"],
+            "majority": s["majority"]}
+
+
+def _checks(mc: dict, cfg: dict, attacks: dict, stats: dict, large: dict | None) -> list[dict]:
+    """The protocol's masking checks over the whole sweep of one method."""
     specs = [AttackSpec(a["name"], kind=a["kind"], loss=a["loss"], steps=a["steps"], eot=a["eot"],
                         step_size=a["step_size"], random_start=a["random_start"], grad=a["grad"],
                         variant=a["variant"] or None, weight=a["weight"], kappa=a["kappa"], states=a["states"],
@@ -71,12 +81,13 @@ def _checks(mc: dict, cfg: dict, attacks: dict, stats: dict) -> list[dict]:
             for k, a in attacks.items() if a["n"] and stats.get(k) and stats[k]["best_acc"]]
     ran = {r["attack"] for r in rows}
     specs = [s for s in specs if s.name in ran]
-    defence = SimpleNamespace(randomized=mc["name"] not in BASELINES or mc["name"] == "diffpure+aux")
-    pcfg = ProtocolConfig(eps=cfg["eps"], norm=cfg["norm"], n_reevals=cfg["n_reevals"], large_eps=None)
-    checks = masking_checks(defence, specs, rows, {k: stats[k] for k in ran}, None, pcfg) if specs else []
-    if defence.randomized:
+    defence = SimpleNamespace(randomized=mc["name"] not in BASELINES or mc["name"] == "diffpure+aux",
+                              robust_classifier=mc["name"] == "diffpure+aux")
+    pcfg = ProtocolConfig(eps=cfg["eps"], norm=cfg["norm"], n_reevals=cfg["n_reevals"])
+    checks = masking_checks(defence, specs, rows, {k: stats[k] for k in ran}, large, pcfg) if specs else []
+    if defence.randomized and large is None:
         checks.append({"name": "large_eps_near_zero", "passed": None, "value": None, "threshold": pcfg.near_zero,
-                       "detail": "not run by sweeps (a per-run check on a few samples: run the protocol on a subset)"})
+                       "detail": "not run (large_eps = 0 in the config)"})
     return checks
 
 
@@ -116,7 +127,8 @@ def method_result(mg: Merged, method: str, partial: bool, batches: list[dict]) -
     first = recs[0] if recs else {}
     n = len(recs)
     wall = sum(r["wall_s"] for r in recs)
-    checks = _checks(mc, cfg, attacks, stats)
+    large = _large_eps(recs, cfg)
+    checks = _checks(mc, cfg, attacks, stats, large)
     failed = [c["name"] for c in checks if c["passed"] is False]
     names = " + ".join(f"{k} ({a['kind']} {a['steps']} steps × EOT {a['eot']}, {a['loss']}, grad {a['grad_mode']})"
                        for k, a in attacks.items())
@@ -142,7 +154,7 @@ def method_result(mg: Merged, method: str, partial: bool, batches: list[dict]) -
         "ci95": {"clean_acc": clean["ci95"].get("mean"), "avg_rob": robust["ci95"].get("mean"),
                  "wor_rob": robust["ci95"].get("worst"), "maj_rob": robust["ci95"].get("majority")},
         "attacks": attacks, "winners": {k: sum(r["winner"] == k for r in recs) for k in ["clean", *attacks]},
-        "checks": checks,
+        "checks": checks, "large_eps": large,
         "grad_mode": {k: a["grad_mode"] for k, a in attacks.items()},
         "eot": {k: a["eot"] for k, a in attacks.items()},
         "t_star_steps": first.get("t_star_steps"), "t_star_s": first.get("t_star_s"),

@@ -145,6 +145,7 @@ def run_sweep(cfg: SweepConfig, env=None) -> dict:
     label_of = dict(zip(ids, labels[ids].tolist()))
     method_names = {m.label: m.name for m in cfg.methods}
     grid_ids = set(ids[:cfg.grid])
+    large_ids = frozenset(ids[:cfg.large_eps_n] if cfg.large_eps else [])
     progress = Progress(len(pairs), env.rank, env.world_size, cfg.quiet)
     compute_s, t_start = 0.0, time.perf_counter()
     for b, (method, batch_ids) in enumerate(batches(pairs, cfg.batch_size)):
@@ -153,7 +154,7 @@ def run_sweep(cfg: SweepConfig, env=None) -> dict:
         y = torch.tensor([label_of[i] for i in batch_ids], device=device)
         t0 = time.perf_counter()
         rows, batch_line, x_adv = evaluate_batch(defence, x, y, torch.tensor(batch_ids, device=device),
-                                                 ensembles[method], pcfg)
+                                                 ensembles[method], pcfg, large_ids)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         wall = time.perf_counter() - t0
