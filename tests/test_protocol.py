@@ -191,3 +191,25 @@ def test_undefended_check_is_skipped_for_an_adversarially_trained_classifier(tin
         dd = Defence("tiny", d.classifier, d.purifier, robust_classifier=robust)
         check = {c["name"]: c for c in evaluate(dd, x, y, torch.arange(4), attacks, cfg)["checks"]}
         assert check["undefended_near_zero"]["passed"] in expect
+
+
+def test_adaptive_attack_check_fires_when_a_component_is_not_attacked(tiny):
+    from fastpurify.evaluation.checks import masking_checks
+
+    d, _, _ = tiny
+    d = Defence("tiny", d.classifier, d.purifier, aux=d.aux, variants={"detach": d.purifier})
+    cfg = ProtocolConfig(eps=0.1)
+
+    def check(attacks):
+        (c,) = [c for c in masking_checks(d, attacks, [], {}, None, cfg) if c["name"] == "adaptive_attacks_for_components"]
+        return c
+
+    plain = [AttackSpec("pgd-ce"), AttackSpec("bpda", grad="bpda")]
+    c = check(plain)
+    assert c["passed"] is False and c["value"] == 2 and "auxiliary" in c["detail"] and "'detach'" in c["detail"]
+    c = check(plain + [AttackSpec("joint", kind="joint")])
+    assert c["passed"] is False and c["value"] == 1
+    assert check(default_attacks(d, steps=1, eot=1))["passed"] is True
+    plain_defence = Defence("plain", d.classifier, d.purifier)
+    assert not [c for c in masking_checks(plain_defence, plain, [], {}, None, cfg)
+                if c["name"] == "adaptive_attacks_for_components"]

@@ -166,7 +166,8 @@ def test_truncated_last_line_is_detected_and_redone(reference, tmp_path):
 
 def test_attacks_that_do_not_apply_to_a_method_are_left_out(tmp_path):
     """AGDM (with its auxiliary network) and the classifier alone under one ensemble with an attack on φ: the
-    classifier alone runs without it, and the report says n/a instead of inventing a number."""
+    classifier alone runs without it, and the report says n/a instead of inventing a number.  AGDM's 'detach'
+    variant is not attacked: the report's adaptive-attack check fails and names it."""
     out = tmp_path / "agdm"
     _run_here(out, 'methods=[{name="none"}, {name="agdm", t_star=5}]', 'model.aux="digits"',
               'attacks=[{name="pgd-full", steps=1, eot=1}, {name="aux-ce", kind="aux", steps=2, eot=1}]', "data.n=2",
@@ -179,3 +180,6 @@ def test_attacks_that_do_not_apply_to_a_method_are_left_out(tmp_path):
                                                                                                     "aux-ce"}
     assert "| none | 2 |" in (out / "report" / "report.md").read_text() and "n/a" in (out / "report" /
                                                                                      "report.md").read_text()
+    (check,) = [c for c in rep["results"][1]["checks"] if c["name"] == "adaptive_attacks_for_components"]
+    assert check["passed"] is False and check["value"] == 1 and "'detach'" in check["detail"]
+    assert not [c for c in rep["results"][0]["checks"] if c["name"] == "adaptive_attacks_for_components"]

@@ -60,4 +60,12 @@ def masking_checks(defence, attacks, rows, stats_by_name, large, cfg) -> list[di
         out.append(_check("undefended_near_zero", None if robust else acc <= cfg.near_zero, acc, cfg.near_zero,
                           "the classifier alone on the blind-attack images"
                           + (" (skipped: an adversarially trained classifier)" if robust else "")))
+    # 6. Components an adaptive attacker targets (an auxiliary network, attack-side variants) must be attacked
+    #    through (EVALUATION.md rule 4); without, the figure is an upper bound of unknown slack.
+    if defence.aux is not None or defence.variants:
+        kinds, variants = {a.kind for a in attacks}, {a.variant for a in attacks}
+        missing = [] if defence.aux is None or kinds & {"aux", "joint"} else ["aux or joint (the auxiliary network)"]
+        missing += [f"pgd on variant {v!r}" for v in sorted(defence.variants) if v not in variants]
+        out.append(_check("adaptive_attacks_for_components", not missing, len(missing), 0,
+                          "attacks missing from the ensemble: " + (", ".join(missing) or "none")))
     return out
