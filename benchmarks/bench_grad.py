@@ -33,6 +33,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # this folder: _meta.py
+import _meta  # noqa: E402
+
 MODES = ("forward", "autograd", "full", "adjoint", "surrogate", "bpda")
 MODELS = {
     # name: (preset, steps override, batch, timed reps)
@@ -106,7 +109,7 @@ def child(name: str, mode: str, threads: int) -> dict:
     return dict(model=name, mode=mode, preset=preset, nfe=pur.config.nfe, batch=batch, image=list(x.shape[1:]),
                 params=sum(p.numel() for p in model.parameters()), s_per_call=med, times=times,
                 images_per_s=batch / med, peak_rss_mib=peak, peak_above_base_mib=peak - base,
-                saved_mib=saved / 2**20, threads=threads, loadavg=os.getloadavg()[0],
+                saved_mib=saved / 2**20, threads=threads, loadavg=_meta.loadavg(),
                 grad_config=pur.grad_config() if mode != "forward" else None)
 
 
@@ -146,11 +149,7 @@ def main(argv=None) -> int:
             if fwd:
                 r["peak_rss_vs_forward"] = r["peak_rss_mib"] / fwd["peak_rss_mib"]
                 r["peak_above_base_vs_forward"] = r["peak_above_base_mib"] / max(fwd["peak_above_base_mib"], 1e-9)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                check=False).stdout.strip()
-    except OSError:
-        commit = ""
+    commit = _meta.commit()
     import torch
 
     import fastpurify

@@ -20,10 +20,13 @@ import ctypes
 import functools
 import os
 import re
-import subprocess
+import sys
 
 import pytest
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # this folder: _meta.py
+import _meta  # noqa: E402
 
 import fastpurify
 from fastpurify import Purifier
@@ -88,14 +91,10 @@ def _peak_mib(fn) -> float:
 
 
 def _info(name: str, model, batch: int) -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
     return dict(arch=name, batch=batch, params=sum(p.numel() for p in model.parameters()), device=str(DEVICE),
                 device_name=torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu", dtype=DTYPE,
                 threads=torch.get_num_threads(), torch=torch.__version__, fastpurify=fastpurify.__version__,
-                commit=commit, loadavg=os.getloadavg()[0])
+                commit=_meta.commit(), loadavg=_meta.loadavg())
 
 
 @pytest.mark.parametrize("mode", ["forward", "grad"])

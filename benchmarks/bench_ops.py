@@ -24,19 +24,22 @@ from __future__ import annotations
 
 import os
 import statistics
-import subprocess
+import sys
 import time
 from functools import lru_cache
 
 import pytest
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # this folder: _meta.py
+import _meta  # noqa: E402
+
 import fastpurify
 from fastpurify import ops
-from fastpurify.ops.registry import backends_for
 from fastpurify.ops.reference.forward_diffusion import forward_diffuse_bwd_ref, forward_diffuse_ref
 from fastpurify.ops.reference.philox import STEP, normal_ref
 from fastpurify.ops.reference.sampler_step import guidance_accumulate_ref, sampler_step_bwd_ref, sampler_step_ref
+from fastpurify.ops.registry import backends_for
 
 DEVICE = os.environ.get("FASTPURIFY_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -56,14 +59,6 @@ def _sync():
 
 
 @lru_cache(maxsize=1)
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(__file__)).stdout.strip()
-    except OSError:
-        return ""
-
-
 def _inputs(shape, dtype):
     g = torch.Generator().manual_seed(0)
     mk = (lambda *s: torch.randn(*s, generator=g).to(DEVICE, dtype))  # noqa: E731
@@ -185,13 +180,13 @@ def test_op(benchmark, provider, case, shape, dtype):
 
     benchmark.pedantic(run, rounds=_rounds(shape), warmup_rounds=2, iterations=1)
     med = benchmark.stats.stats.median
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load = _meta.loadavg()
     benchmark.extra_info.update(
         op=case, provider=provider, shape=list(shape), dtype=str(dtype).replace("torch.", ""), device=DEVICE,
         gpu=torch.cuda.get_device_name(0) if DEVICE == "cuda" else None, bytes_moved=moved, gb_per_s=moved / med / 1e9,
         ref_median_s=ref_s, ratio_vs_torch=ref_s / med, randn_median_s=randn_s,
         ratio_vs_eager_randn=(randn_s / med) if randn_s else None, torch=torch.__version__,
-        triton=_triton_version(), fastpurify=fastpurify.__version__, commit=_commit(),
+        triton=_triton_version(), fastpurify=fastpurify.__version__, commit=_meta.commit(),
         threads=torch.get_num_threads(), loadavg_1min=load)
 
 

@@ -28,12 +28,15 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import subprocess
+import sys
 import time
 from functools import lru_cache
 
 import pytest
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # this folder: _meta.py
+import _meta  # noqa: E402
 
 import fastpurify
 from fastpurify import Purifier
@@ -166,14 +169,6 @@ def _profile_top(fn, n: int = 12) -> list[dict]:
 
 
 @lru_cache(maxsize=1)
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(__file__)).stdout.strip()
-    except OSError:
-        return ""
-
-
 def _machine() -> dict:
     if CUDA:
         return dict(device_name=torch.cuda.get_device_name(), cuda=torch.version.cuda)
@@ -245,7 +240,7 @@ def test_purify(benchmark, name, mode, variant):
                 grad_rel_err=dg, tolerance=_tolerance(opts), gflop_per_call=flops / 1e9, gflop_per_s=flops / med / 1e9,
                 sgemm_gflop_per_s=_sgemm_gflops(), precision_support=pur.grad_config()["speed"]["precision_support"],
                 graphs=pur.grad_config()["speed"]["graphs"], kept=pur.last_kept, threads=torch.get_num_threads(), torch=torch.__version__,
-                fastpurify=fastpurify.__version__, commit=_commit(), loadavg_1min=os.getloadavg()[0], **_machine())
+                fastpurify=fastpurify.__version__, commit=_meta.commit(), loadavg_1min=_meta.loadavg(), **_machine())
     if CUDA:
         info["peak_mem_mib"] = torch.cuda.max_memory_allocated() / 2**20
     if os.environ.get("FASTPURIFY_BENCH_PROFILE"):

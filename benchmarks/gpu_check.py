@@ -37,6 +37,9 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # this folder: _meta.py
+import _meta  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 TOTAL_S = 470  # the whole check, build included (the brief: ≤ 8 min)
 # Nominal limit of each step (seconds); a step never gets more than what is left minus the floors of later steps.
@@ -202,8 +205,7 @@ def mark_verified(gpu: str | None, out: Path) -> dict:
     under a made-up device name, so the call itself is exercised on the CPU."""
     from fastpurify.ops.registry import mark_gpu_verified
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                            check=False).stdout.strip() or None
+    commit = _meta.commit()
     if gpu:
         return mark_gpu_verified(("cuda", "triton"), commit=commit)
     return mark_gpu_verified(("cuda", "triton"), commit=commit, path=out / "gpu_verified.json",
