@@ -12,22 +12,11 @@
 #include <vector>
 
 #include "../../csrc/cpu/noise.h"
+#include "expect.h"
 
 using fastpurify::Isa;
 
 namespace {
-
-int failures = 0;
-
-#define EXPECT(cond, ...)                              \
-  do {                                                \
-    if (!(cond)) {                                    \
-      std::printf("FAIL %s:%d: ", __FILE__, __LINE__); \
-      std::printf(__VA_ARGS__);                       \
-      std::printf("\n");                              \
-      ++failures;                                     \
-    }                                                 \
-  } while (0)
 
 std::vector<Isa> isas() {
   std::vector<Isa> out;
@@ -154,6 +143,5 @@ int main() {
   test_known_answers();
   test_paths_agree();
   test_box_muller_accuracy();
-  std::printf("%s (%d failures)\n", failures ? "FAILED" : "ok", failures);
-  return failures ? 1 : 0;
+  return fastpurify_test::finish();
 }

@@ -8,19 +8,9 @@
 #include <cstdint>
 #include <cstdio>
 
+#include "expect.h"
+
 namespace {
-
-int failures = 0;
-
-#define EXPECT(cond, ...)                              \
-  do {                                                \
-    if (!(cond)) {                                    \
-      std::printf("FAIL %s:%d: ", __FILE__, __LINE__); \
-      std::printf(__VA_ARGS__);                       \
-      std::printf("\n");                              \
-      ++failures;                                     \
-    }                                                 \
-  } while (0)
 
 using Draw = at::Tensor(const at::Tensor&, int64_t, int64_t, int64_t, int64_t);
 using Diffuse = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
@@ -71,6 +61,5 @@ int main() {
       EXPECT(close(v, kX[b][i]), "forward_diffuse [%d, %d]: %.9g, want %.9g", b, i ? 36 : 0, v, kX[b][i]);
     }
   }
-  std::printf("%s (%d failures)\n", failures ? "FAILED" : "ok", failures);
-  return failures ? 1 : 0;
+  return fastpurify_test::finish();
 }
