@@ -1,8 +1,12 @@
 import json
 
 import pytest
+import torch
+from torch import nn
 
-from fastpurify.evaluation.compare import format_table, run_compare, verdict
+from fastpurify.attacks import AttackSpec, Defence
+from fastpurify.evaluation.compare import cache_key, format_table, run_compare, verdict
+from fastpurify.evaluation.protocol import ProtocolConfig
 
 
 @pytest.mark.slow
@@ -27,3 +31,20 @@ def test_verdict_says_when_agdm_does_not_beat_the_baselines():
 
     lines = verdict({"agdm": res(0.875, 0.406), "aux": res(0.9, 0.406), "diffpure": res(0.88, 0.2)})
     assert lines[0].startswith("AGDM does NOT beat aux") and lines[1].startswith("AGDM beats diffpure")
+
+
+def test_cache_key_follows_the_defence_flags_and_the_attacks():
+    """A cached result is reused only for the same defence as built, the same attacks and the same settings."""
+    ids, cfg = torch.arange(4), ProtocolConfig(eps=0.15)
+    attacks = [AttackSpec("pgd-ce", steps=20, eot=4)]
+
+    def key(defence=None, attacks=attacks, **kw):
+        defence = defence or Defence("d", nn.Identity())
+        return cache_key(defence, attacks, **{"split": "test", "ids": ids, "cfg": cfg, "settings": None,
+                                              "t_star": None, **kw})
+
+    assert key() == key()
+    assert key(Defence("d", nn.Identity(), robust_classifier=True)) != key()
+    assert key(attacks=[AttackSpec("pgd-ce", steps=10, eot=4)]) != key()
+    assert key(split="val") != key() and key(ids=torch.arange(5)) != key()
+    assert key(cfg=ProtocolConfig(eps=0.1)) != key() and key(t_star=20) != key()

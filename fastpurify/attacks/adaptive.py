@@ -90,7 +90,7 @@ class Defence:
 
     def describe(self) -> dict:
         d = {"defence": self.name, "randomized": self.randomized, "aux": self.aux is not None,
-             "variants": sorted(self.variants)}
+             "variants": sorted(self.variants), "robust_classifier": self.robust_classifier}
         if self.purifier is not None and hasattr(self.purifier, "describe"):
             d["purifier"] = self.purifier.describe()
         elif self.purifier is not None and hasattr(self.purifier, "grad_config"):

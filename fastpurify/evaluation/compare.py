@@ -53,20 +53,24 @@ def default_settings(name: str, paper: bool = False) -> tuple[dict | None, int |
     return BUDGET[name]
 
 
-def _key(*parts) -> str:
+def cache_key(defence, attacks, *, split: str, ids, cfg: ProtocolConfig, settings, t_star) -> str:
+    """Everything a defence's result depends on: the defence as built (its flags and purifier configuration), the
+    attack list, the data and the protocol settings."""
+    parts = (defence.describe(), [a.as_dict() for a in attacks], split, ids.tolist(), cfg, repr(settings), t_star)
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
 def evaluate_cached(name, models, aux, x, y, ids, *, settings, t_star, steps, eot, cfg: ProtocolConfig, cache: Path,
                     split: str, log) -> dict:
     """evaluate() of one defence, read from / written to cache (keyed by everything the result depends on)."""
-    key = _key(name, repr(settings), t_star, split, ids.tolist(), steps, eot, cfg)
+    defence = build_defence(name, models.diffusion, models.classifier, aux, settings=settings, t_star=t_star)
+    attacks = default_attacks(defence, steps=steps, eot=eot)
+    key = cache_key(defence, attacks, split=split, ids=ids, cfg=cfg, settings=settings, t_star=t_star)
     path = cache / f"{name.replace('+', '_')}-{split}-{key}.json"
     if path.exists():
         log(f"{name} ({split}): cached {path.name}")
         return json.loads(path.read_text())
-    defence = build_defence(name, models.diffusion, models.classifier, aux, settings=settings, t_star=t_star)
-    r = evaluate(defence, x, y, ids, default_attacks(defence, steps=steps, eot=eot), cfg, log=log)
+    r = evaluate(defence, x, y, ids, attacks, cfg, log=log)
     r.pop("x_adv")
     r["split"], r["settings"], r["t_star"] = split, repr(settings), t_star
     cache.mkdir(parents=True, exist_ok=True)
