@@ -201,7 +201,8 @@ def test_adaptive_attack_check_fires_when_a_component_is_not_attacked(tiny):
     cfg = ProtocolConfig(eps=0.1)
 
     def check(attacks):
-        (c,) = [c for c in masking_checks(d, attacks, [], {}, None, cfg) if c["name"] == "adaptive_attacks_for_components"]
+        checks = masking_checks(d, attacks, [], {}, None, cfg)
+        (c,) = [c for c in checks if c["name"] == "adaptive_attacks_for_components"]
         return c
 
     plain = [AttackSpec("pgd-ce"), AttackSpec("bpda", grad="bpda")]

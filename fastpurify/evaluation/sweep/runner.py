@@ -140,7 +140,8 @@ def run_sweep(cfg: SweepConfig, env=None) -> dict:
     seeds = run_seeds(cfg.seed, specs)
     common = {"config_id": cid, "manifest_sha256": msha, "ensemble": cfg.ensemble,
               "grad_mode": "+".join(dict.fromkeys(a.grad for a in cfg.attacks)), "norm": cfg.norm, "eps": cfg.eps,
-              "n_reevals": cfg.n_reevals, "n_select": cfg.n_select or cfg.n_reevals, "seeds": seeds, "dtype": cfg.dtype, "backend": cfg.backend or "auto",
+              "n_reevals": cfg.n_reevals, "n_select": cfg.n_select or cfg.n_reevals, "seeds": seeds, "dtype": cfg.dtype,
+              "backend": cfg.backend or "auto",
               "device": device.type, "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
               "versions": versions(), "protocol": PROTOCOL, "rank": env.rank, "world_size": env.world_size,
               "attempt": writer.attempt}
