@@ -42,6 +42,39 @@ def test_example_config_resolves(tmp_path):
     assert config_id(_cfg(tmp_path, "eps=0.1")) != config_id(cfg)
 
 
+
+def test_default_ensemble_gives_each_method_the_protocols_attack_list(tmp_path):
+    """[default_ensemble] writes out fastpurify.attacks.default_attacks per method: PGD-det for the classifier
+    alone, the randomised list for purifiers, and for AGDM the attacks on φ, the joint loss and its variant."""
+    cfg = _cfg(tmp_path, 'methods=[{name="none"}, {name="diffpure", t_star=20}, {name="agdm", t_star=5}]',
+               'model.aux="digits"', "default_ensemble.use=true", "default_ensemble.steps=3",
+               "default_ensemble.eot=2")
+    by_name = {a.name: a for a in cfg.attacks}
+    none, diffpure, agdm = (m.attacks for m in cfg.methods)
+    explicit = ["pgd-full", "pgd-bpda"]  # the example's own attacks run on every method too
+    assert none == ["pgd-ce-det", "pgd-margin-det", *explicit] and by_name["pgd-ce-det"].steps == 50
+    assert diffpure == ["pgd-ce", "pgd-margin", "bpda", "blind", "forward-only", *explicit]
+    assert agdm == [*diffpure[:5], "aux-ce", "aux-margin", "joint", "pgd-detach", *explicit]
+    assert (by_name["pgd-ce"].steps, by_name["pgd-ce"].eot, by_name["pgd-ce"].grad) == (3, 2, "full")
+    assert by_name["bpda"].grad == "bpda" and by_name["pgd-detach"].variant == "detach"
+    assert by_name["pgd-margin"].cascade and by_name["pgd-ce"].step_size == pytest.approx(0.15 / 4)
+    assert cfg.ensemble == "default 3x2+pgd-full+pgd-bpda"
+
+
+def test_traits_by_name_match_the_built_defences():
+    """The default ensemble is chosen from a method's name before models load: it must be what the built defence
+    would get."""
+    from fastpurify.attacks import default_attacks
+    from fastpurify.evaluation.defences import build_defence, traits
+    from fastpurify.zoo import digits, digits_aux
+
+    models, aux = digits(), digits_aux()
+    for name in ("none", "aux", "diffpure+aux", "diffpure", "agdm", "gdmp-mse", "multiround"):
+        built = build_defence(name, models.diffusion, models.classifier, aux, t_star=5)
+        assert [a.as_dict() for a in default_attacks(traits(name))] == \
+            [a.as_dict() for a in default_attacks(built)], name
+
+
 @pytest.mark.parametrize("override, message", [
     ("methods.0.name=\"diffpur\"", "unknown method 'diffpur'"),
     ("eps=-0.1", "eps must be >= 0"),
@@ -57,6 +90,10 @@ def test_example_config_resolves(tmp_path):
     ("large_eps=0.1", "must exceed eps"),
     ("large_eps_n=-1", "large_eps and large_eps_n must be >= 0"),
     ("large_eps=0", None),                                 # the check switched off
+    ("methods.0.attacks=[\"pgd-nope\"]", "are not in [[attacks]]"),
+    ("methods.0.attacks=[\"pgd-bpda\"]", None),           # a method may run a part of the ensemble
+    (["default_ensemble.use=true", "default_ensemble.eot=0"], "default_ensemble: need"),
+    (["default_ensemble.use=true", "attacks.0.name=\"pgd-ce\""], "taken by the default ensemble"),
     ("eps=\"big\"", "eps: expected a number"),
     ("model.diffusion=\"/nonexistent/ckpt.pt\"", "does not exist"),
     ("data.dataset=\"cifar10\"", "data.path"),

@@ -4,6 +4,7 @@ attack-side variants an adaptive attacker targets, and the honest baselines (EVA
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
 
 from ..attacks.adaptive import Defence
 from ..methods import DIGITS, build_method
@@ -34,3 +35,12 @@ def build_defence(name: str, model, classifier, aux=None, *, settings: dict | No
     s["agdm"] = replace(s["agdm"], guidance_grad="detach")
     detach = build_method(name, model, aux, t_star=t_star, settings=s, backend=backend)
     return Defence(name, classifier, pur, aux=aux, variants={"detach": detach})
+
+
+def traits(name: str) -> SimpleNamespace:
+    """What the protocol's default attack list depends on (randomized, aux, variants), from a defence's name alone,
+    without building it: the same as build_defence gives (tested), for configs that list attacks before models load.
+    Names that are not baselines or AGDM are purifiers (methods or presets) in front of the classifier."""
+    agdm = name.startswith("agdm")
+    return SimpleNamespace(name=name, randomized=name not in ("none", "aux"), aux=True if agdm else None,
+                           variants={"detach": None} if agdm else {})

@@ -10,6 +10,7 @@ validation before any work starts.
     [model]     diffusion, classifier (files or "digits"), their kinds, aux (AGDM's auxiliary network)
     [[methods]] name (none | build_method name | preset), label, t_star, steps, scale
     [[attacks]] name, kind, loss, steps, eot, step_size, random_start, grad, variant, weight, kappa, states, cascade
+    [default_ensemble] use, steps, eot, transfer_steps: the protocol's default attacks per method (ensemble.py)
 
 Attacks are `fastpurify.attacks.AttackSpec`s run by the evaluation protocol (`fastpurify.evaluation.protocol`).
 The config id is a hash of every field that can change a result; fields that only change how the work is done
@@ -80,6 +81,7 @@ class MethodConfig:
     t_star: int | float | None = None
     steps: int | None = None       # presets only: sampler steps (respacing)
     scale: float | None = None     # guided methods: the guidance scale
+    attacks: list[str] = field(default_factory=list)  # names of the [[attacks]] it runs ([] = every one that applies)
 
 
 @dataclass
@@ -99,6 +101,14 @@ class AttackConfig:
     kappa: float = 5.0             # … and its cap
     states: int = 10               # per_step: intermediate states in the loss
     cascade: bool = False          # attack only the samples no earlier attack has broken on every selection draw
+
+
+@dataclass
+class DefaultEnsembleConfig:
+    use: bool = False              # each method gets the protocol's default attack list (fastpurify.attacks)
+    steps: int = 20                # PGD steps × EOT draws of the randomised defences' attacks
+    eot: int = 4
+    transfer_steps: int = 100      # steps of the attacks on the auxiliary network alone
 
 
 @dataclass
@@ -126,6 +136,7 @@ class SweepConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     methods: list[MethodConfig] = field(default_factory=list)
     attacks: list[AttackConfig] = field(default_factory=list)
+    default_ensemble: DefaultEnsembleConfig = field(default_factory=DefaultEnsembleConfig)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -247,15 +258,23 @@ def _method_label(m: MethodConfig) -> str:
 def resolve_defaults(cfg: SweepConfig, base: Path) -> SweepConfig:
     """Fill every default that depends on other fields, so the stored config says exactly what ran.
     Relative data and model paths are resolved against the config file's directory, out against the current one."""
+    from .ensemble import expand_default_ensemble
+
     cfg = dataclasses.replace(cfg)
     for m in cfg.methods:
         m.label = _method_label(m)
+    d = cfg.default_ensemble
+    if d.steps < 1 or d.eot < 1 or d.transfer_steps < 1:
+        raise ConfigError("default_ensemble: need steps >= 1, eot >= 1, transfer_steps >= 1")
+    explicit = [a.name for a in cfg.attacks]
+    expand_default_ensemble(cfg)
     for a in cfg.attacks:
         a.grad = a.grad or cfg.grad
         if a.step_size is None and a.steps > 0:
             a.step_size = default_step_size(cfg.eps)
     if not cfg.ensemble:
-        cfg.ensemble = "+".join(a.name for a in cfg.attacks)
+        cfg.ensemble = (f"default {d.steps}x{d.eot}" + "".join(f"+{a}" for a in explicit) if d.use
+                        else "+".join(a.name for a in cfg.attacks))
 
     def fix(p: str) -> str:
         return "" if not p or p == "digits" else str((base / p).resolve()) if not os.path.isabs(p) else p
@@ -386,6 +405,9 @@ def _check_methods(cfg: SweepConfig) -> None:
             raise ConfigError(f"{where}: a label may not contain '/' or '#' (they separate keys of saved images)")
         if m.name not in known:
             raise ConfigError(f"{where}: unknown method {m.name!r}; known: {', '.join(known)}")
+        unknown = sorted(set(m.attacks) - {a.name for a in cfg.attacks})
+        if unknown:
+            raise ConfigError(f"{where}: attacks {unknown} are not in [[attacks]]")
         if m.t_star is not None:
             try:
                 t_star_to_k(m.t_star)

@@ -112,10 +112,11 @@ def run_sweep(cfg: SweepConfig, env=None) -> dict:
     check_shapes(models, sample, int(labels[ids].max()) + 1)
     defences = {m.label: build_defence(m, models, cfg, sample.shape[-1]) for m in cfg.methods}
     specs = attack_specs(cfg)
-    ensembles = {k: [s for s in specs if applicable(s, d) is None] for k, d in defences.items()}
+    chosen = {m.label: set(m.attacks or [s.name for s in specs]) for m in cfg.methods}  # per-method lists
+    ensembles = {k: [s for s in specs if s.name in chosen[k] and applicable(s, d) is None] for k, d in defences.items()}
     for k, d in defences.items():
         for s in specs:
-            if applicable(s, d) is not None:
+            if s.name in chosen[k] and applicable(s, d) is not None:
                 _log(f"{k}: attack {s.name} left out: {applicable(s, d)}")
         if not ensembles[k]:
             raise ConfigError(f"method {k!r}: no attack of the ensemble applies to it")
