@@ -83,7 +83,7 @@ def agdm_grid(settings: dict, t_star: int | None) -> list[tuple[str, dict, int |
     """One-at-a-time sweeps around the base AGDM setting: (label, settings, t*)."""
     base = settings["agdm"]
     grid = []
-    for s in (0.0, 300.0, 1000.0, 3000.0):
+    for s in (0.0, 300.0, 1000.0, 3000.0, 10000.0):
         grid.append((f"s={s:g}", {**settings, "agdm": replace(base, scale=s)}, t_star))
     for lc, lf in ((0.0, 1.0), (1.0, 0.0)):
         grid.append((f"lambda_cls={lc:g},lambda_feat={lf:g}",
