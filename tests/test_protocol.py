@@ -155,6 +155,15 @@ def test_convergence_check_fires_when_more_steps_still_help():
     check = {c["name"]: c for c in r["checks"]}["pgd-ce_converged"]
     assert r["attacks"][0]["mean"] == 0.0 and r["attacks"][0]["stats"]["half_steps"]["mean"] == 1.0
     assert check["passed"] is False and check["value"] == 1.0
+    assert [a["attack"] for a in r["attacks"]] == ["pgd-ce"]  # no escalation unless asked for
+    # escalate=1: the attack is rerun at 16 steps, which has converged (8 → 16 steps: 0 % → 0 %)
+    r = evaluate(Defence("linear", lin), x, y, torch.arange(8), attacks,
+                 ProtocolConfig(eps=0.5, n_reevals=1, large_eps=None, escalate=1))
+    checks = {c["name"]: c for c in r["checks"]}
+    assert [(a["attack"], a["spec"]["steps"]) for a in r["attacks"]] == [("pgd-ce", 8), ("pgd-ce@16", 16)]
+    assert checks["pgd-ce_converged"]["passed"] is False and checks["pgd-ce@16_converged"]["passed"] is True
+    with pytest.raises(ValueError, match="escalate"):
+        ProtocolConfig(eps=0.1, escalate=-1)
 
 
 def test_random_start_and_forward_noise_use_the_purifiers_backend(tiny):

@@ -13,6 +13,11 @@ def _check(name: str, passed, value, threshold, detail: str) -> dict:
     return {"name": name, "passed": passed, "value": value, "threshold": threshold, "detail": detail}
 
 
+def convergence_drop(half_steps_mean: float, mean: float, n: int) -> tuple[float, float]:
+    """(accuracy with half the steps minus with all of them, the CI half-width the fall must stay within)."""
+    return half_steps_mean - mean, half_width(mean, n)
+
+
 @torch.no_grad()
 def masking_checks(defence, attacks, rows, stats_by_name, large, cfg) -> list[dict]:
     """The classic signs of gradient masking (EVALUATION.md rule 6), each a named record; passed None = skipped."""
@@ -43,8 +48,7 @@ def masking_checks(defence, attacks, rows, stats_by_name, large, cfg) -> list[di
         half = stats_by_name[name].get("half_steps")
         if half is None:
             continue
-        p, n_att = ran[name]["mean"], ran[name]["n"]
-        drop, tol = half["mean"] - p, half_width(p, n_att)
+        drop, tol = convergence_drop(half["mean"], ran[name]["mean"], ran[name]["n"])
         out.append(_check(f"{name}_converged", drop <= tol, round(drop, 4), round(tol, 4),
                           f"accuracy with {ran[name]['spec']['steps'] // 2} steps minus with "
                           f"{ran[name]['spec']['steps']} (same draws); above the CI half-width = not converged"))

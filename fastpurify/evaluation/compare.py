@@ -5,7 +5,8 @@ Defences: none (the classifier alone), aux (AGDM's TRADES-trained auxiliary netw
 diffpure+aux (DiffPure in front of φ), gdmp-mse, agdm, multiround.  `--tune` first sweeps the guidance settings
 (AGDM: scale, λ_cls/λ_feat, view, window, t*; GDMP: scale; DiffPure: t*) on the *validation* split under a reduced
 ensemble and reports on the held-out split with the chosen values; the tuning grid is the clean–robust frontier
-plot.  Results are cached per defence in DIR/cache/ so an interrupted run resumes where it stopped.
+plot.  An exact attack whose convergence check fails on the held-out split is rerun with twice the steps
+(`--escalate`, default once).  Results are cached per defence in DIR/cache/ so an interrupted run resumes.
 Writes DIR/report.json, DIR/report.md, DIR/compare.png, and with --tune DIR/frontier.png and DIR/t_star.png.
 """
 
@@ -190,7 +191,7 @@ def _plot(out: Path, results: dict, tuning: dict | None) -> bool:
 
 def run_compare(out: Path, *, n: int = 64, eps: float = 0.15, steps: int = 20, eot: int = 4, n_eval: int = 5,
                 methods=METHODS, do_tune: bool = False, tune_n: int = 24, tune_steps: int = 10, tune_eot: int = 1,
-                seed: int = 0, paper_settings: bool = False, log=None) -> dict:
+                seed: int = 0, paper_settings: bool = False, escalate: int = 1, log=None) -> dict:
     from .. import __version__
     from ..zoo import digits, digits_aux
 
@@ -201,11 +202,12 @@ def run_compare(out: Path, *, n: int = 64, eps: float = 0.15, steps: int = 20, e
     t_start = time.time()
     models, aux = digits(), digits_aux()
     cache = out / "cache"
-    cfg = ProtocolConfig(eps=eps, n_reevals=n_eval, seed=seed)
+    cfg = ProtocolConfig(eps=eps, n_reevals=n_eval, seed=seed, escalate=escalate)
     tuning = None
     if do_tune:
         tuning = tune(models, aux, n=tune_n, steps=tune_steps, eot=tune_eot,
-                      cfg=replace(cfg, n_reevals=3, large_eps_n=8), cache=cache, log=log, paper=paper_settings)
+                      cfg=replace(cfg, n_reevals=3, large_eps_n=8, escalate=0), cache=cache, log=log,
+                      paper=paper_settings)
     chosen = tuning.pop("_chosen") if tuning else {}
     x, y = models.test_data()
     x, y, ids = x[:n], y[:n], torch.arange(n)
@@ -263,12 +265,14 @@ def main(argv=None) -> int:
     p.add_argument("--tune-steps", type=int, default=10, help="exact-attack steps while tuning")
     p.add_argument("--tune-eot", type=int, default=1, help="EOT draws while tuning")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--escalate", type=int, default=1,
+                   help="rerun an exact attack that has not converged with 2x the steps, at most this often")
     p.add_argument("--paper-settings", action="store_true",
                    help="the methods' own sampler presets instead of the compare's budget (3–7x slower)")
     a = p.parse_args(argv)
     report = run_compare(a.out, n=a.n, eps=a.eps, steps=a.steps, eot=a.eot, n_eval=a.n_eval,
                          methods=tuple(a.methods.split(",")), do_tune=a.tune, tune_n=a.tune_n,
                          tune_steps=a.tune_steps, tune_eot=a.tune_eot, seed=a.seed,
-                         paper_settings=a.paper_settings)
+                         paper_settings=a.paper_settings, escalate=a.escalate)
     print(format_table(report))
     return 0

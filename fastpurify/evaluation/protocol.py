@@ -6,7 +6,9 @@
     robust accuracy of the chosen candidates on N fresh *report* draws (never the selection draws): mean / worst
     (all N correct) / majority, with Wilson intervals; per-attack rows on the same report draws
     masking checks, each with value and threshold: zero-gradient elements, transfer/BPDA stronger than the exact
-    attack, convergence of the exact attacks, large ε → ~0 %, undefended classifier → ~0 %
+    attack, convergence of the exact attacks, large ε → ~0 %, undefended classifier → ~0 %, every component attacked
+    (cfg.escalate > 0: an exact attack that had not converged is rerun at once with twice the steps, as an extra
+    member of the ensemble named 'name@steps'; its own convergence check says whether that was enough)
 
 Randomness: every draw is keyed by (run seed, sample id, stream, index), so a sample's result does not depend on
 the batch it was evaluated in; report draws share their seeds across candidates (paired comparisons).
@@ -15,13 +17,13 @@ the batch it was evaluated in; report draws share their seeds across candidates 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
 from ..attacks.adaptive import AttackSpec, Defence, run_attack
 from ..attacks.pgd import reevaluate
-from .checks import masking_checks
+from .checks import convergence_drop, masking_checks
 from .stats import summarize
 
 PROTOCOL = ("per-sample worst case over an attack ensemble, chosen on S selection draws, reported on N fresh "
@@ -41,10 +43,13 @@ class ProtocolConfig:
     large_eps_steps: int = 10      # ... with a plain CE attack, exact gradients
     near_zero: float = 0.05        # threshold of the '→ ~0 %' checks
     zero_grad_tol: float = 0.01    # most input elements with an exactly zero first gradient
+    escalate: int = 0              # an exact attack still falling at full steps is rerun with 2× steps, ≤ this often
 
     def __post_init__(self):
         if not self.eps >= 0:
             raise ValueError(f"eps must be >= 0, got {self.eps}")
+        if self.escalate < 0:
+            raise ValueError(f"escalate must be >= 0, got {self.escalate}")
         if self.n_reevals < 1 or (self.n_select is not None and self.n_select < 1):
             raise ValueError(f"need n_reevals >= 1 and n_select >= 1, got {self.n_reevals}, {self.n_select}")
         if self.norm not in ("linf", "l2"):
@@ -104,7 +109,10 @@ def evaluate(defence: Defence, x: torch.Tensor, y: torch.Tensor, ids: torch.Tens
                    records=[{"id": int(i), "label": int(t), "clean_preds": p, "attacks": {}}
                             for i, t, p in zip(ids.tolist(), y.tolist(), clean["preds"])])
     rows, stats_by_name = [], {}
-    for spec in attacks:
+    queue, attacks, escalations = list(attacks), [], {}
+    while queue:
+        spec = queue.pop(0)
+        attacks.append(spec)
         active = torch.arange(len(x)) if not spec.cascade else (worst.acc > 0).nonzero()[:, 0]
         row = {"attack": spec.name, "spec": spec.as_dict(), "n_attacked": int(active.numel())}
         if active.numel() == 0:
@@ -121,6 +129,13 @@ def evaluate(defence: Defence, x: torch.Tensor, y: torch.Tensor, ids: torch.Tens
         if spec.exact and half is not None:  # the same attack with half the steps, on the same report draws
             st["half_steps"] = summarize(torch.tensor(reevaluate(fwd, half, y[active], ids[active], N,
                                                                  run_seed=cfg.seed)["preds"]), y[active])
+            drop, tol = convergence_drop(st["half_steps"]["mean"], summarize(rep_preds, y[active])["mean"],
+                                         int(active.numel()))
+            if drop > tol and escalations.get(spec.name, 0) < cfg.escalate:  # still falling: 2× the steps next
+                more = replace(spec, name=f"{spec.name}@{2 * spec.steps}", steps=2 * spec.steps)
+                escalations[more.name] = escalations.get(spec.name, 0) + 1
+                log(f"{defence.name}: {spec.name} not converged (fell {drop:.3f} > {tol:.3f}): {more.name} next")
+                queue.insert(0, more)
         stats_by_name[spec.name] = st
         if spec.kind == "blind":  # the undefended classifier on its own adversarial images (a sanity check)
             with torch.no_grad():
@@ -128,7 +143,8 @@ def evaluate(defence: Defence, x: torch.Tensor, y: torch.Tensor, ids: torch.Tens
         rows.append({**row, **summarize(rep_preds, y[active]), "stats": st})
 
     ensemble = summarize(worst.report, y)
-    ensemble["winners"] = {n: worst.winner.count(n) for n in ["clean", *names] if worst.winner.count(n)}
+    ensemble["winners"] = {n: worst.winner.count(n) for n in ["clean", *(a.name for a in attacks)]
+                           if worst.winner.count(n)}
     for rec, w, preds in zip(worst.records, worst.winner, worst.report.tolist()):
         rec.update(winner=w, adv_preds=preds, clean_correct=[int(p == rec["label"]) for p in rec["clean_preds"]],
                    adv_correct=[int(p == rec["label"]) for p in preds])
