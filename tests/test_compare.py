@@ -48,3 +48,18 @@ def test_cache_key_follows_the_defence_flags_and_the_attacks():
     assert key(attacks=[AttackSpec("pgd-ce", steps=10, eot=4)]) != key()
     assert key(split="val") != key() and key(ids=torch.arange(5)) != key()
     assert key(cfg=ProtocolConfig(eps=0.1)) != key() and key(t_star=20) != key()
+
+
+def test_frontier_and_t_star_plots_from_a_tuning_table(tmp_path):
+    pytest.importorskip("matplotlib")
+    from fastpurify.evaluation.compare import _plot
+
+    def row(label, t_star, robust):
+        return {"label": label, "t_star": t_star, "clean": 0.95, "robust": robust, "worst": robust, "failed_checks": []}
+
+    tuning = {"n": 24, "chosen": {"agdm": {"label": "s=3000", "t_star": 20}, "diffpure": {"label": "t*=100"}},
+              "grid": {"agdm": [row("s=0", 20, 0.1), row("s=3000", 20, 0.5), row("t*=40", 40, 0.6)],
+                       "diffpure": [row("t*=30", 30, 0.1), row("t*=100", 100, 0.5)]}}
+    result = {"clean": {"mean": 0.9}, "ensemble": {"mean": 0.4, "mean_ci95": [0.3, 0.5]}}
+    assert _plot(tmp_path, {"agdm": result}, tuning)
+    assert {p.name for p in tmp_path.iterdir()} == {"compare.png", "frontier.png", "t_star.png"}
