@@ -49,9 +49,12 @@ def masking_checks(defence, attacks, rows, stats_by_name, large, cfg) -> list[di
         if half is None:
             continue
         drop, tol = convergence_drop(half["mean"], ran[name]["mean"], ran[name]["n"])
-        out.append(_check(f"{name}_converged", drop <= tol, round(drop, 4), round(tol, 4),
-                          f"accuracy with {ran[name]['spec']['steps'] // 2} steps minus with "
-                          f"{ran[name]['spec']['steps']} (same draws); above the CI half-width = not converged"))
+        steps = ran[name]["spec"]["steps"]
+        # escalated (ProtocolConfig.escalate): the rerun with 2× the steps carries the check instead
+        after = f"{name}@{2 * steps}" if drop > tol and f"{name}@{2 * steps}" in specs else None
+        out.append(_check(f"{name}_converged", None if after else drop <= tol, round(drop, 4), round(tol, 4),
+                          f"accuracy with {steps // 2} steps minus with {steps} (same draws); above the CI "
+                          "half-width = not converged" + (f" (rerun as {after}: see its check)" if after else "")))
     # 4. Large ε with a plain CE attack → ~0 %.
     if large is not None:
         out.append(_check("large_eps_near_zero", large["mean"] <= cfg.near_zero, large["mean"], cfg.near_zero,
