@@ -3,7 +3,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 ENV = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "FASTPURIFY_BACKEND")}
 

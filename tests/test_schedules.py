@@ -1,7 +1,6 @@
 import math
 
 import pytest
-import torch
 
 from fastpurify.samplers.schedules import get_ddpm_schedule, get_vpsde_schedule, respaced_indices, vpsde_grid
 

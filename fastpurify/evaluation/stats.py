@@ -1,4 +1,4 @@
-"""Accuracy statistics over N draws per image: mean (Avg.Rob), worst (all N correct), majority vote, Wilson intervals."""
+"""Accuracy over N draws per image: mean (Avg.Rob), worst (all N correct), majority vote, Wilson intervals."""
 
 from __future__ import annotations
 
