@@ -73,6 +73,9 @@ def test_traits_by_name_match_the_built_defences():
         built = build_defence(name, models.diffusion, models.classifier, aux, t_star=5)
         assert [a.as_dict() for a in default_attacks(traits(name))] == \
             [a.as_dict() for a in default_attacks(built)], name
+        t = traits(name)
+        assert (t.randomized, t.aux is not None, sorted(t.variants), t.robust_classifier) == \
+            (built.randomized, built.aux is not None, sorted(built.variants), built.robust_classifier), name
 
 
 @pytest.mark.parametrize("override, message", [

@@ -13,6 +13,11 @@ def _check(name: str, passed, value, threshold, detail: str) -> dict:
     return {"name": name, "passed": passed, "value": value, "threshold": threshold, "detail": detail}
 
 
+def escalated_name(name: str, steps: int) -> str:
+    """The name of the rerun with 2× the steps of an attack that had not converged (ProtocolConfig.escalate)."""
+    return f"{name}@{2 * steps}"
+
+
 def convergence_drop(half_steps_mean: float, mean: float, n: int) -> tuple[float, float]:
     """(accuracy with half the steps minus with all of them, the CI half-width the fall must stay within)."""
     return half_steps_mean - mean, half_width(mean, n)
@@ -51,7 +56,7 @@ def masking_checks(defence, attacks, rows, stats_by_name, large, cfg) -> list[di
         drop, tol = convergence_drop(half["mean"], ran[name]["mean"], ran[name]["n"])
         steps = ran[name]["spec"]["steps"]
         # escalated (ProtocolConfig.escalate): the rerun with 2× the steps carries the check instead
-        after = f"{name}@{2 * steps}" if drop > tol and f"{name}@{2 * steps}" in specs else None
+        after = escalated_name(name, steps) if drop > tol and escalated_name(name, steps) in specs else None
         out.append(_check(f"{name}_converged", None if after else drop <= tol, round(drop, 4), round(tol, 4),
                           f"accuracy with {steps // 2} steps minus with {steps} (same draws); above the CI "
                           "half-width = not converged" + (f" (rerun as {after}: see its check)" if after else "")))

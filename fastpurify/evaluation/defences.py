@@ -38,9 +38,10 @@ def build_defence(name: str, model, classifier, aux=None, *, settings: dict | No
 
 
 def traits(name: str) -> SimpleNamespace:
-    """What the protocol's default attack list depends on (randomized, aux, variants), from a defence's name alone,
-    without building it: the same as build_defence gives (tested), for configs that list attacks before models load.
-    Names that are not baselines or AGDM are purifiers (methods or presets) in front of the classifier."""
+    """What the default attack list and the masking checks depend on (randomized, aux, variants, robust_classifier),
+    from a defence's name alone, without building it: the same as build_defence gives (tested), for sweep configs
+    and reports that have no models loaded.  Names that are not baselines or AGDM are purifiers (methods or presets)
+    in front of the classifier."""
     agdm = name.startswith("agdm")
     return SimpleNamespace(name=name, randomized=name not in ("none", "aux"), aux=True if agdm else None,
-                           variants={"detach": None} if agdm else {})
+                           variants={"detach": None} if agdm else {}, robust_classifier=name == "diffpure+aux")

@@ -23,7 +23,7 @@ import torch
 
 from ..attacks.adaptive import AttackSpec, Defence, run_attack
 from ..attacks.pgd import reevaluate
-from .checks import convergence_drop, masking_checks
+from .checks import convergence_drop, escalated_name, masking_checks
 from .stats import summarize
 
 PROTOCOL = ("per-sample worst case over an attack ensemble, chosen on S selection draws, reported on N fresh "
@@ -124,15 +124,15 @@ def evaluate(defence: Defence, x: torch.Tensor, y: torch.Tensor, ids: torch.Tens
         sel = reevaluate(fwd, x_adv, y[active], ids[active], S, run_seed=cfg.seed, selection=True)
         rep = reevaluate(fwd, x_adv, y[active], ids[active], N, run_seed=cfg.seed)
         rep_preds = torch.tensor(rep["preds"])
+        summary = summarize(rep_preds, y[active])
         worst.offer(spec.name, active, x_adv, sel, rep_preds)
         half = st.pop("half_steps_x_adv", None)
         if spec.exact and half is not None:  # the same attack with half the steps, on the same report draws
             st["half_steps"] = summarize(torch.tensor(reevaluate(fwd, half, y[active], ids[active], N,
                                                                  run_seed=cfg.seed)["preds"]), y[active])
-            drop, tol = convergence_drop(st["half_steps"]["mean"], summarize(rep_preds, y[active])["mean"],
-                                         int(active.numel()))
+            drop, tol = convergence_drop(st["half_steps"]["mean"], summary["mean"], summary["n"])
             if drop > tol and escalations.get(spec.name, 0) < cfg.escalate:  # still falling: 2× the steps next
-                more = replace(spec, name=f"{spec.name}@{2 * spec.steps}", steps=2 * spec.steps)
+                more = replace(spec, name=escalated_name(spec.name, spec.steps), steps=2 * spec.steps)
                 escalations[more.name] = escalations.get(spec.name, 0) + 1
                 log(f"{defence.name}: {spec.name} not converged (fell {drop:.3f} > {tol:.3f}): {more.name} next")
                 queue.insert(0, more)
@@ -140,7 +140,7 @@ def evaluate(defence: Defence, x: torch.Tensor, y: torch.Tensor, ids: torch.Tens
         if spec.kind == "blind":  # the undefended classifier on its own adversarial images (a sanity check)
             with torch.no_grad():
                 row["undefended_acc"] = float((defence.classifier(x_adv).argmax(1) == y[active]).float().mean())
-        rows.append({**row, **summarize(rep_preds, y[active]), "stats": st})
+        rows.append({**row, **summary, "stats": st})
 
     ensemble = summarize(worst.report, y)
     ensemble["winners"] = {n: worst.winner.count(n) for n in ["clean", *(a.name for a in attacks)]

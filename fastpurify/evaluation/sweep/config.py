@@ -263,18 +263,13 @@ def resolve_defaults(cfg: SweepConfig, base: Path) -> SweepConfig:
     cfg = dataclasses.replace(cfg)
     for m in cfg.methods:
         m.label = _method_label(m)
-    d = cfg.default_ensemble
-    if d.steps < 1 or d.eot < 1 or d.transfer_steps < 1:
-        raise ConfigError("default_ensemble: need steps >= 1, eot >= 1, transfer_steps >= 1")
-    explicit = [a.name for a in cfg.attacks]
     expand_default_ensemble(cfg)
     for a in cfg.attacks:
         a.grad = a.grad or cfg.grad
         if a.step_size is None and a.steps > 0:
             a.step_size = default_step_size(cfg.eps)
     if not cfg.ensemble:
-        cfg.ensemble = (f"default {d.steps}x{d.eot}" + "".join(f"+{a}" for a in explicit) if d.use
-                        else "+".join(a.name for a in cfg.attacks))
+        cfg.ensemble = "+".join(a.name for a in cfg.attacks)
 
     def fix(p: str) -> str:
         return "" if not p or p == "digits" else str((base / p).resolve()) if not os.path.isabs(p) else p

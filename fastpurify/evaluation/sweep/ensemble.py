@@ -23,11 +23,15 @@ def _entry(spec, suffix: str) -> AttackConfig:
 
 def expand_default_ensemble(cfg: SweepConfig) -> None:
     """In place: every method's default attacks join cfg.attacks (before the explicit ones, which every method
-    also runs where they apply); a method without its own `attacks` list gets its defaults plus the explicit ones."""
+    also runs where they apply); a method without its own `attacks` list gets its defaults plus the explicit ones;
+    the ensemble is named 'default STEPSxEOT[+explicit…]' unless the config names it."""
     d = cfg.default_ensemble
     if not d.use:
         return
+    if d.steps < 1 or d.eot < 1 or d.transfer_steps < 1:
+        raise ConfigError("default_ensemble: need steps >= 1, eot >= 1, transfer_steps >= 1")
     explicit = [a.name for a in cfg.attacks]
+    cfg.ensemble = cfg.ensemble or f"default {d.steps}x{d.eot}" + "".join(f"+{a}" for a in explicit)
     union: dict[str, AttackConfig] = {}
     for m in cfg.methods:
         t = traits(m.name)

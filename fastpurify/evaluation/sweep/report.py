@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 from ...attacks import AttackSpec
 from ...grad import GRAD_LABELS
 from ..checks import masking_checks
+from ..defences import traits
 from ..protocol import ProtocolConfig
 from ..stats import summarize, wilson_ci
-from .config import BASELINES
 from .merge import Merged, completeness_text, merge
 from .records import read_batches
 from .shards import manifest_sha256
@@ -71,7 +70,7 @@ def _large_eps(recs: list[dict], cfg: dict) -> dict | None:
             "majority": s["majority"]}
 
 
-def _checks(mc: dict, cfg: dict, attacks: dict, stats: dict, large: dict | None, components: dict) -> list[dict]:
+def _checks(mc: dict, cfg: dict, attacks: dict, stats: dict, large: dict | None) -> list[dict]:
     """The protocol's masking checks over the whole sweep of one method."""
     specs = [AttackSpec(a["name"], kind=a["kind"], loss=a["loss"], steps=a["steps"], eot=a["eot"],
                         step_size=a["step_size"], random_start=a["random_start"], grad=a["grad"],
@@ -80,9 +79,7 @@ def _checks(mc: dict, cfg: dict, attacks: dict, stats: dict, large: dict | None,
     rows = [{"attack": k, "mean": a["mean"], "n": a["n"], "undefended_acc": (stats.get(k) or {}).get("undefended_acc")}
             for k, a in attacks.items() if a["n"] and stats.get(k) and stats[k]["best_acc"]]
     ran = {r["attack"] for r in rows}
-    defence = SimpleNamespace(randomized=mc["name"] not in BASELINES or mc["name"] == "diffpure+aux",
-                              robust_classifier=mc["name"] == "diffpure+aux", aux=components.get("aux") or None,
-                              variants=components.get("variants", []))
+    defence = traits(mc["name"])
     pcfg = ProtocolConfig(eps=cfg["eps"], norm=cfg["norm"], n_reevals=cfg["n_reevals"])
     checks = masking_checks(defence, specs, rows, {k: stats[k] for k in ran}, large, pcfg) if specs else []
     if defence.randomized and large is None:
@@ -128,7 +125,7 @@ def method_result(mg: Merged, method: str, partial: bool, batches: list[dict]) -
     n = len(recs)
     wall = sum(r["wall_s"] for r in recs)
     large = _large_eps(recs, cfg)
-    checks = _checks(mc, cfg, attacks, stats, large, first.get("components", {}))
+    checks = _checks(mc, cfg, attacks, stats, large)
     failed = [c["name"] for c in checks if c["passed"] is False]
     names = " + ".join(f"{k} ({a['kind']} {a['steps']} steps × EOT {a['eot']}, {a['loss']}, grad {a['grad_mode']})"
                        for k, a in attacks.items())

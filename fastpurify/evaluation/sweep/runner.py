@@ -121,8 +121,6 @@ def run_sweep(cfg: SweepConfig, env=None) -> dict:
         if not ensembles[k]:
             raise ConfigError(f"method {k!r}: no attack of the ensemble applies to it")
     pcfg = protocol_config(cfg)
-    # what an adaptive attacker targets besides the purifier (the report checks the ensemble attacks each)
-    components = {k: {"aux": d.aux is not None, "variants": sorted(d.variants)} for k, d in defences.items()}
     # ---- the sweep directory, the finished records, this rank's share
     ensure_sweep_dir(cfg, manifest_text)
     out, cid, msha = Path(cfg.out), config_id(cfg), manifest_sha256(ids)
@@ -171,7 +169,6 @@ def run_sweep(cfg: SweepConfig, env=None) -> dict:
         now = round(time.time(), 3)
         writer.write([{**common, **row, "sample_id": i, "label": label_of[i], "method": method,
                        "method_name": method_names[method], "ensemble_run": [s.name for s in ensembles[method]],
-                       "components": components[method],
                        "t_star_steps": t_steps, "t_star_s": t_s, "wall_s": round(wall / len(batch_ids), 5),
                        "adv_path": None if adv_file is None else f"{adv_file}#{method}/{i}/adv", "timestamp": now}
                       for i, row in zip(batch_ids, rows)],
