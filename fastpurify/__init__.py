@@ -5,10 +5,9 @@
     model = fastpurify.PurifiedClassifier(fastpurify.Purifier(m, "diffpure"), classifier)
 """
 
+from ._version import __version__
 from .api import PurifiedClassifier, Purifier, purify
 from .presets import preset_names
-
-__version__ = "0.1.0"
 
 __all__ = ["purify", "Purifier", "PurifiedClassifier", "available_backends", "preset_names", "load_diffusion",
            "load_classifier", "__version__"]

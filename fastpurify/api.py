@@ -10,11 +10,11 @@ from torch import nn
 from . import ops
 from .grad import GRAD_LABELS, StepCheckpoint, check_mode, straight_through
 from .models.fast import describe_speed, fast_denoiser, speed_options
-from .ops.reference.philox import FORWARD, derive_seeds
+from .ops import FORWARD, derive_seeds
 from .presets import Preset, Resolved, resolve
 from .samplers import NoiseStreams, respaced_indices, sample_ddim, sample_ddpm, sample_vpsde, vpsde_grid
 from .samplers.graphed import GraphPlan
-from .samplers.schedules import get_vpsde_schedule
+from .schedules import get_vpsde_schedule
 from .validate import check_images, check_seed
 
 DEFAULT_PRESET = "diffpure"

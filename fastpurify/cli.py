@@ -9,8 +9,8 @@ COMMANDS = {
     "compare": ("fastpurify.evaluation.compare", "none / diffpure / gdmp / agdm / multiround under the same attack (digits)"),
     "sweep": ("fastpurify.evaluation.sweep", "methods × attack ensemble over many images; torchrun-sharded, "
               "resumable; status and report"),
-    "train-digits": ("fastpurify.zoo.train_digits", "retrain the embedded digits DDPM and classifier"),
-    "train-aux": ("fastpurify.zoo.train_aux", "TRADES-train the auxiliary network for adversarial guidance (AGDM)"),
+    "train-digits": ("fastpurify.training.train_digits", "retrain the embedded digits DDPM and classifier"),
+    "train-aux": ("fastpurify.training.train_aux", "TRADES-train the auxiliary network for adversarial guidance (AGDM)"),
     "info": ("fastpurify.info", "versions, build and available backends (--json)"),
 }
 

@@ -65,7 +65,7 @@ def speed_options() -> dict[str, str]:
 def info() -> dict:
     import torch
 
-    from . import __version__
+    from ._version import __version__
     from .ops import _ext
 
     try:

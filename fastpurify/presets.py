@@ -92,7 +92,7 @@ def resolve(preset: str | Preset, *, t_star=None, steps: int | None = None) -> R
         p = replace(p, steps=steps)
     k = t_star_to_k(p.t_star)
     if p.sampler == "vpsde":
-        from .samplers.schedules import vpsde_grid
+        from .schedules import vpsde_grid
 
         nfe = p.steps if p.steps is not None else len(vpsde_grid(k / 1000, p.dt, p.s_end)) - 1
     else:
@@ -103,7 +103,7 @@ def resolve(preset: str | Preset, *, t_star=None, steps: int | None = None) -> R
         if p.steps is None:
             nfe = k
         else:  # the respacing rule decides how many indices there are (lee_kim can give more than `steps`)
-            from .samplers.schedules import respaced_indices
+            from .schedules import respaced_indices
 
             nfe = len(respaced_indices(k, p.steps, p.respacing))
     return Resolved(preset=p, k=k, s_star=k / 1000, steps=p.steps, nfe=nfe)
@@ -121,7 +121,7 @@ register_preset(Preset("ddim", "ddim", 100, steps=10, eta=0.0, clip_x0=True,
 
 # ---- DiffPure presets for the public checkpoints (issue #6; METHODS.md §4; models via fastpurify.load_diffusion) ----
 # VP-SDE Euler–Maruyama with torchsde's dt 1e-3 down to 1e-5; DiffPure hands (u + 1)/2 to the classifier unclamped.
-# ImageNet: the 224 → 256 → 224 bilinear resize is `fastpurify.models.ResizePurifier` around the Purifier.
+# ImageNet: the 224 → 256 → 224 bilinear resize is `fastpurify.methods.ResizePurifier` around the Purifier.
 # Precision is a load option (load_diffusion(..., dtype='fp16') = DiffPure's use_fp16 ADM torso), not a preset field.
 register_preset(Preset("diffpure-cifar10", "vpsde", 0.1, clamp_output=False,
                        description="DiffPure CIFAR-10 ℓ∞: NCSN++ checkpoint_8.pth, VP-SDE EM dt 1e-3, t* = 0.1"))

@@ -22,7 +22,7 @@ from fastpurify.ops.reference.philox import STEP, derive_seeds
 from fastpurify.ops.reference.sampler_step import guidance_accumulate_ref, sampler_step_ref
 from fastpurify.samplers.ddim import ddim_coefficients
 from fastpurify.samplers.ddpm import ddpm_coefficients
-from fastpurify.samplers.schedules import get_ddpm_schedule, get_vpsde_schedule, respaced_indices, vpsde_grid
+from fastpurify.schedules import get_ddpm_schedule, get_vpsde_schedule, respaced_indices, vpsde_grid
 from fastpurify.samplers.vpsde import vpsde_coefficients
 from tests.utils import assert_close_verbose
 
@@ -261,7 +261,7 @@ def check_forced_backend_end_to_end(backend, device="cpu"):
     target noise z′) and PGD's random start."""
     from fastpurify import Purifier
     from fastpurify.attacks.pgd import PGDConfig, random_start
-    from fastpurify.guidance import GDMPConfig, GDMPGuidance
+    from fastpurify.methods.guidance import GDMPConfig, GDMPGuidance
 
     m = tiny_diffusion(device)
     x = torch.rand((3, 1, 8, 8), generator=torch.Generator().manual_seed(4)).to(device)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from fastpurify import Purifier
-from fastpurify.ensemble import EnsembleClassifier, MultiRound
-from fastpurify.guidance import AGDMConfig, AGDMGuidance, GDMPConfig, GDMPGuidance, feature_distance, mse, ssim
-from fastpurify.guidance.terms import class_log_prob
+from fastpurify.methods.multiround import EnsembleClassifier, MultiRound
+from fastpurify.methods.guidance import AGDMConfig, AGDMGuidance, GDMPConfig, GDMPGuidance, feature_distance, mse, ssim
+from fastpurify.methods.guidance.terms import class_log_prob
 from fastpurify.models import EpsDiffusion, SmallCNN, SmallUNet
 from fastpurify.ops.reference.philox import GUIDANCE_TARGET, derive_seeds, normal_ref
 
@@ -190,7 +190,7 @@ def test_trades_aux_card_shows_robustness_gain():
 def test_trades_improves_pgd_accuracy_small_budget():
     """A measured (not recorded) comparison on a small budget: 3 epochs of TRADES vs 3 of standard training."""
     from fastpurify.zoo import embedded as D
-    from fastpurify.zoo.trades import TradesConfig, pgd_accuracy, train_trades
+    from fastpurify.training.trades import TradesConfig, pgd_accuracy, train_trades
 
     x, y = D.load_split("train")
     xv, yv = D.load_split("val")

@@ -9,13 +9,14 @@ import torch
 
 import fastpurify
 from fastpurify import PurifiedClassifier, Purifier, purify
-from fastpurify.models import PretrainedDiffusion, ResizePurifier, load_classifier, load_diffusion
+from fastpurify.methods import ResizePurifier
+from fastpurify.models import PretrainedDiffusion, load_classifier, load_diffusion
 from fastpurify.models.adm import ADM_256_UNCOND, ADMUNet
 from fastpurify.models.ddpm_model import DDPM_CELEBAHQ, DDPM_CIFAR10, DDPMModel
 from fastpurify.models.loaders import _adm_config, _ddpm_config, _ncsnpp_config
 from fastpurify.models.ncsnpp import NCSNPP_CIFAR10, NCSNpp
 from fastpurify.presets import get_preset, resolve
-from fastpurify.samplers.schedules import get_vpsde_schedule
+from fastpurify.schedules import get_vpsde_schedule
 from tests.model_helpers import TINY_ADM, randomize_, save_score_sde, save_state_dict, tiny
 
 

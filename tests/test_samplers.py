@@ -7,7 +7,7 @@ import torch
 
 from fastpurify.ops.reference.philox import derive_seeds, normal_ref
 from fastpurify.samplers import NoiseStreams, sample_ddim, sample_ddpm, sample_vpsde, vpsde_grid
-from fastpurify.samplers.schedules import get_ddpm_schedule, get_vpsde_schedule
+from fastpurify.schedules import get_ddpm_schedule, get_vpsde_schedule
 
 SHAPE = (4096, 1, 2, 2)  # many independent pixels for distribution checks
 

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from fastpurify.samplers.schedules import get_ddpm_schedule, get_vpsde_schedule, respaced_indices, vpsde_grid
+from fastpurify.schedules import get_ddpm_schedule, get_vpsde_schedule, respaced_indices, vpsde_grid
 
 
 def test_ddpm_schedule_closed_form():

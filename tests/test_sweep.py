@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastpurify.evaluation.sweep.config import ConfigError, apply_override, config_id, load_config
+from fastpurify.evaluation.sweep.config import ConfigError, apply_override, config_id
+from fastpurify.evaluation.sweep.plan import load_config
 from fastpurify.evaluation.sweep.data import DataConfig, open_dataset, read_cifar_batch, select_ids
 from fastpurify.evaluation.sweep.merge import merge, status
 from fastpurify.evaluation.sweep.records import RecordWriter, read_shards, same_outcome

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from fastpurify.evaluation.sweep import run
-from fastpurify.evaluation.sweep.config import load_config
+from fastpurify.evaluation.sweep.plan import load_config
 from fastpurify.evaluation.sweep.merge import merge, status
 from fastpurify.evaluation.sweep.records import read_shards, same_outcome
 from fastpurify.evaluation.sweep.report import IncompleteSweep, write_report

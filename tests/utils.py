@@ -10,7 +10,7 @@ from torch import nn
 
 from fastpurify import ops  # noqa: F401  (registers the ops)
 from fastpurify.ops.registry import backends_for
-from fastpurify.samplers.schedules import get_ddpm_schedule, get_vpsde_schedule
+from fastpurify.schedules import get_ddpm_schedule, get_vpsde_schedule
 
 
 def available_backends_for(op: str, device: str = "cpu", dtype=torch.float32) -> list[str]:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..ops.reference.philox import FORWARD
+from ..ops import FORWARD
 from .losses import get_loss, true_class_margin
 from .pgd import PGDConfig, pgd_eot
 

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..ops.reference.philox import FORWARD, derive_seeds
+from ..ops import FORWARD, derive_seeds
 from .losses import get_loss, true_class_margin
 
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

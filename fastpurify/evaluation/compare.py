@@ -213,7 +213,7 @@ def _plot(out: Path, results: dict, tuning: dict | None) -> bool:
 def run_compare(out: Path, *, n: int = 64, eps: float = 0.15, steps: int = 20, eot: int = 4, n_eval: int = 5,
                 methods=METHODS, do_tune: bool = False, tune_n: int = 24, tune_steps: int = 10, tune_eot: int = 1,
                 seed: int = 0, paper_settings: bool = False, escalate: int = 1, log=None) -> dict:
-    from .. import __version__
+    from .._version import __version__
     from ..zoo import digits, digits_aux
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))

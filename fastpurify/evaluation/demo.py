@@ -29,7 +29,7 @@ from .tables import checks_lines, failed_checks, markdown_table
 def run_demo(out: Path, *, n: int = 64, eps: float = 0.15, steps: int = 20, eot: int = 4, n_eval: int = 10,
              n_select: int = 5, preset: str = "diffpure", t_star=None, sampler_steps: int | None = 10, seed: int = 0,
              threads: int | None = None, large_eps_n: int = 16, large_eps_steps: int = 10, log=None) -> dict:
-    from .. import __version__
+    from .._version import __version__
     from ..zoo import digits
 
     if threads:

@@ -2,9 +2,9 @@
 
 from .diffusion import EpsDiffusion
 from .loaders import CheckpointError, load_classifier, load_diffusion, save_pretrained
-from .pretrained import PretrainedDiffusion, ResizePurifier
+from .pretrained import PretrainedDiffusion
 from .small_cnn import SmallCNN
 from .small_unet import SmallUNet
 
-__all__ = ["EpsDiffusion", "SmallUNet", "SmallCNN", "PretrainedDiffusion", "ResizePurifier", "CheckpointError",
+__all__ = ["EpsDiffusion", "SmallUNet", "SmallCNN", "PretrainedDiffusion", "CheckpointError",
            "load_diffusion", "load_classifier", "save_pretrained"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..samplers.schedules import DDPMSchedule, get_ddpm_schedule
+from ..schedules import DDPMSchedule, get_ddpm_schedule
 
 
 class EpsDiffusion(nn.Module):

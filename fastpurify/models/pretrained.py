@@ -13,10 +13,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..samplers.schedules import get_vpsde_schedule
+from ..schedules import get_vpsde_schedule
 from .diffusion import EpsDiffusion
 from .layers import set_attention_backend
 
@@ -99,41 +98,3 @@ class PretrainedDiffusion(EpsDiffusion):
         m = self.meta
         return (f"kind={m.get('kind')!r}, image_size={self.image_size}, time_input={self.time_input!r}, "
                 f"params={m.get('params')}, dtype={m.get('dtype')}, attention={m.get('attention')}")
-
-
-class ResizePurifier(nn.Module):
-    """Purify at the diffusion model's resolution, return at the input's: bilinear (align_corners=False) resize
-    up before and back after, both inside autograd (DiffPure / Lee & Kim ImageNet: 224 → 256 → 224).
-
-    Wraps a `Purifier`, `MethodPurifier` or `MultiRound` (size: the model's resolution; default
-    `purifier.model.image_size`); passes `grad=` / `trace=` through for the attacks and reports the wrapped
-    purifier's NFE, so it is usable in `PurifiedClassifier` and the evaluation protocol unchanged.
-    """
-
-    def __init__(self, purifier: nn.Module, size: int | None = None):
-        super().__init__()
-        self.purifier = purifier
-        self.size = int(size if size is not None else purifier.model.image_size)
-
-    @property
-    def nfe(self):  # the planned network calls (MethodPurifier/MultiRound: .nfe; Purifier: .config.nfe)
-        config = getattr(self.purifier, "config", None)
-        return getattr(self.purifier, "nfe", getattr(config, "nfe", None))
-
-    @property
-    def last_nfe(self):
-        return getattr(self.purifier, "last_nfe", None)
-
-    def describe(self) -> dict:
-        inner = self.purifier
-        info = inner.describe() if hasattr(inner, "describe") else {"config": inner.config.as_dict()}
-        return {**info, "resize_to": self.size}
-
-    def forward(self, x: torch.Tensor, seed=None, grad=None, trace=None) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            raise ValueError(f"x must be an NCHW tensor, got {getattr(x, 'shape', type(x))}")
-        n, size = self.size, tuple(x.shape[-2:])
-        extra = {k: v for k, v in (("grad", grad), ("trace", trace)) if v is not None}
-        u = x if size == (n, n) else F.interpolate(x, size=(n, n), mode="bilinear", align_corners=False)
-        y = self.purifier(u, seed=seed, **extra)
-        return y if size == (n, n) else F.interpolate(y, size=size, mode="bilinear", align_corners=False)

@@ -18,7 +18,7 @@ from torch.autograd.function import once_differentiable
 
 from . import backends  # noqa: F401  (registers every op × backend)
 from .registry import select
-from .reference.philox import FORWARD, STEP
+from .reference.philox import FORWARD, GUIDANCE_TARGET, STEP, derive_seeds  # noqa: F401  (the seed words, for all)
 from .reference.sampler_step import N_COEF, guidance_weights_ref
 
 

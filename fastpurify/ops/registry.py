@@ -101,7 +101,7 @@ def _no_backend_message(op, table, device, dtype, describe, how) -> str:
 
 # ---------------------------------------------------------------------------------------------- GPU verification
 def _versions() -> tuple[str, str]:
-    from .. import __version__
+    from .._version import __version__
 
     return __version__, torch.__version__
 

@@ -9,7 +9,7 @@ import torch
 
 from .. import ops
 from ._step import device_table, seeds_of, step_counter
-from .schedules import DDPMSchedule
+from ..schedules import DDPMSchedule
 
 
 def ddim_coefficients(sched: DDPMSchedule, indices: list[int], eta: float) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 
 from .. import ops
 from ._step import device_table, guidance_terms, seeds_of, step_counter
-from .schedules import DDPMSchedule
+from ..schedules import DDPMSchedule
 
 
 def ddpm_coefficients(sched: DDPMSchedule, indices: list[int], variance: str) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .. import ops
-from ..ops.reference.philox import STEP
+from ..ops import STEP
 
 
 class NoiseStreams:

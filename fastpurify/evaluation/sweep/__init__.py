@@ -14,7 +14,8 @@ import argparse
 import json
 import sys
 
-from .config import ConfigError, SweepConfig, config_id, load_config
+from .config import ConfigError, SweepConfig, config_id
+from .plan import load_config
 
 __all__ = ["ConfigError", "SweepConfig", "load_config", "main", "run"]
 

@@ -10,7 +10,7 @@ validation before any work starts.
     [model]     diffusion, classifier (files or "digits"), their kinds, aux (AGDM's auxiliary network)
     [[methods]] name (none | build_method name | preset), label, t_star, steps, scale
     [[attacks]] name, kind, loss, steps, eot, step_size, random_start, grad, variant, weight, kappa, states, cascade
-    [default_ensemble] use, steps, eot, transfer_steps: the protocol's default attacks per method (ensemble.py)
+    [default_ensemble] use, steps, eot, transfer_steps: the protocol's default attacks per method (plan.py)
 
 Attacks are `fastpurify.attacks.AttackSpec`s run by the evaluation protocol (`fastpurify.evaluation.protocol`).
 The config id is a hash of every field that can change a result; fields that only change how the work is done
@@ -24,11 +24,9 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import tomllib
 
-from ...attacks.adaptive import default_step_size
 
 DATASETS = ("digits", "cifar10", "imagenet")
 SUBSETS = ("first", "seeded")
@@ -231,57 +229,6 @@ def apply_override(raw: dict, assignment: str) -> None:
         node[int(last)] = parse_value(text)
     else:
         node[last] = parse_value(text)
-
-
-def load_config(path, overrides=()) -> SweepConfig:
-    """Read, override, validate and resolve a sweep config; raises ConfigError naming the problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    for o in overrides:
-        apply_override(raw, o)
-    cfg = _build(SweepConfig, raw, "")
-    return validate(resolve_defaults(cfg, base=path.parent))
-
-
-# ------------------------------------------------------------------------------------------------ resolving
-def _method_label(m: MethodConfig) -> str:
-    if m.label:
-        return m.label
-    return m.name if m.t_star is None else f"{m.name}@{m.t_star:g}"
-
-
-def resolve_defaults(cfg: SweepConfig, base: Path) -> SweepConfig:
-    """Fill every default that depends on other fields, so the stored config says exactly what ran.
-    Relative data and model paths are resolved against the config file's directory, out against the current one."""
-    from .ensemble import expand_default_ensemble
-
-    cfg = dataclasses.replace(cfg)
-    for m in cfg.methods:
-        m.label = _method_label(m)
-    expand_default_ensemble(cfg)
-    for a in cfg.attacks:
-        a.grad = a.grad or cfg.grad
-        if a.step_size is None and a.steps > 0:
-            a.step_size = default_step_size(cfg.eps)
-    if not cfg.ensemble:
-        cfg.ensemble = "+".join(a.name for a in cfg.attacks)
-
-    def fix(p: str) -> str:
-        return "" if not p or p == "digits" else str((base / p).resolve()) if not os.path.isabs(p) else p
-
-    d, m = cfg.data, cfg.model
-    d.path, d.labels, d.ids_file = fix(d.path), fix(d.labels), fix(d.ids_file)
-    m.diffusion = "digits" if m.diffusion == "digits" else fix(m.diffusion)
-    m.classifier = "digits" if m.classifier == "digits" else fix(m.classifier)
-    m.aux = m.aux if m.aux in ("", "digits") else fix(m.aux)
-    if cfg.out:
-        cfg.out = cfg.out if os.path.isabs(cfg.out) else str(Path(cfg.out).resolve())
-    return cfg
 
 
 def method_names() -> list[str]:

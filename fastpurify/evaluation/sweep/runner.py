@@ -19,7 +19,7 @@ import torch
 
 from .config import ConfigError, SweepConfig, config_id
 from .data import open_dataset, select_ids
-from .defences import applicable, attack_specs, build_defence, check_shapes, load_models, t_star_of
+from .build import applicable, attack_specs, build_defence, check_shapes, load_models, t_star_of
 from .evaluate import PROTOCOL, evaluate_batch, protocol_config, run_seeds
 from .records import RecordWriter, finished_pairs, read_shards, save_adv_batch
 from .shards import (
@@ -35,7 +35,7 @@ from .shards import (
 
 
 def versions() -> dict:
-    from ... import __version__
+    from ..._version import __version__
 
     out = {"fastpurify": __version__, "torch": torch.__version__, "python": platform.python_version()}
     for pkg in ("numpy", "triton"):
@@ -77,7 +77,7 @@ def _images(defence, method: str, batch_ids: list[int], x, x_adv, grid_ids: set,
     """Tensors for the adversarial shard: every chosen adversarial image; for the report's grid also the clean
     image, one purification of the adversarial image (illustration seeds: derived from (seed, id), no stream of
     the protocol) and the classifier's prediction on it."""
-    from ...ops.reference.philox import derive_seeds
+    from ...ops import derive_seeds
 
     out = {f"{method}/{i}/adv": x_adv[k].float() for k, i in enumerate(batch_ids)}
     rows = [k for k, i in enumerate(batch_ids) if i in grid_ids]

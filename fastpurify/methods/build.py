@@ -11,9 +11,10 @@ from dataclasses import replace
 
 from torch import nn
 
-from .api import InferenceModule, Purifier
-from .ensemble import MultiRound
+from ..api import Purifier
 from .guidance import AGDMConfig, AGDMGuidance, GDMPConfig, GDMPGuidance
+from .multiround import MultiRound
+from .wrappers import MethodPurifier
 
 # Digits (embedded model): t* in steps of 1000.  Guidance scales from `fastpurify compare --tune` on the validation
 # split (benchmarks/results/cpu/compare/report.json, "tuning"): AGDM s ∈ {0, 3e3, 1e4, 3e4} → 3e3 (robust ties,
@@ -27,33 +28,6 @@ DIGITS = {
                                                              reduction="per_sample_mean")),
     "multiround": dict(rounds_t=[30, 30, 50]),
 }
-
-
-class MethodPurifier(InferenceModule):
-    """A purifier plus the description reports need (method, resolved sampler config, guidance settings)."""
-
-    def __init__(self, name: str, inner: nn.Module, info: dict):
-        super().__init__()
-        self.name, self.inner, self.info = name, inner, info
-
-    @property
-    def nfe(self) -> int:
-        return self.info["nfe"]
-
-    @property
-    def last_nfe(self) -> int | None:
-        """Network evaluations counted in the last forward pass."""
-        return self.inner.last_nfe
-
-    def forward(self, x, seed=None, round: int = 0, grad: str | None = None, trace: list | None = None):
-        """Purify x; seed, grad and trace as for `Purifier.forward` (grad overrides the mode for this call)."""
-        if isinstance(self.inner, MultiRound):
-            return self.inner(x, seed=seed, grad=grad, trace=trace)
-        return self.inner(x, seed=seed, round=round, grad=grad, trace=trace)
-
-    def describe(self) -> dict:
-        first = self.inner.rounds[0] if isinstance(self.inner, MultiRound) else self.inner
-        return {"method": self.name, **self.info, **first.grad_config()}
 
 
 def build_method(name: str, model, aux: nn.Module | None = None, *, t_star=None, settings: dict | None = None,

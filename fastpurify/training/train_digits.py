@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import embedded as D
+from ..zoo import embedded as D
 
 
 def _progress(it, total, desc):

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .. import ops
-from ..ops.reference.philox import GUIDANCE_TARGET
+from ... import ops
+from ...ops import GUIDANCE_TARGET
 from .terms import mse, ssim
 
 

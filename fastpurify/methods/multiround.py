@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .api import InferenceModule, per_sample_seeds
-from .ops.reference.philox import derive_seeds
+from ..api import InferenceModule, per_sample_seeds
+from ..ops import derive_seeds
 
 AGGREGATIONS = ("logits", "softmax", "vote")
 _RUN_SALT = 3 << 40

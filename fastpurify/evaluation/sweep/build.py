@@ -16,8 +16,7 @@ from torch import nn
 
 from ...api import Purifier
 from ...attacks import AttackSpec, Defence
-from ...methods import MethodPurifier, with_scale
-from ...models import ResizePurifier
+from ...methods import MethodPurifier, ResizePurifier, with_scale
 from ..defences import build_defence as build_named_defence
 from .config import BASELINES, GUIDED_OR_MULTI, ConfigError, MethodConfig, SweepConfig
 
@@ -46,7 +45,7 @@ def load_models(cfg: SweepConfig) -> Models:
 
         diffusion = _embedded(digits().diffusion, dtype, device)
     else:
-        from ... import load_diffusion
+        from ...models import load_diffusion
 
         diffusion = load_diffusion(m.diffusion, m.diffusion_kind or None, device=device,
                                    dtype=None if cfg.dtype == "fp32" else cfg.dtype)
@@ -55,7 +54,7 @@ def load_models(cfg: SweepConfig) -> Models:
 
         classifier = _embedded(digits().classifier, dtype, device)
     else:
-        from ... import load_classifier
+        from ...models import load_classifier
 
         classifier = load_classifier(m.classifier, m.classifier_kind or None, normalize=m.normalize or None,
                                      device=device)
@@ -65,7 +64,7 @@ def load_models(cfg: SweepConfig) -> Models:
 
         aux = _embedded(digits_aux(), dtype, device)
     elif m.aux:
-        from ... import load_classifier
+        from ...models import load_classifier
 
         aux = load_classifier(m.aux, device=device)
     return Models(diffusion, classifier.requires_grad_(False), aux, dtype, device)

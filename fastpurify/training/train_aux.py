@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from . import embedded as D
+from ..zoo import embedded as D
 from .trades import TradesConfig, pgd_accuracy, train_trades
 
 FEATURE_LAYER = "features"  # penultimate features (flattened conv features, 256-d), recorded in the card

@@ -7,13 +7,14 @@ from pathlib import Path
 import torch
 
 from ..imageio import image_grid, write_png
-from ..ops.reference.philox import FORWARD, derive_seeds, normal_ref
+from .. import ops
+from ..ops import FORWARD, derive_seeds
 from ..samplers import NoiseStreams, sample_ddpm
 
 
 def add_sample_grid(weights_dir: Path, seed: int = 0, n: int = 64) -> dict:
     """Sample n digits with the saved DDPM (fixedsmall, clipped x̂₀), write digits_samples.png; return card fields."""
-    from . import embedded as D
+    from ..zoo import embedded as D
 
     D._cached_models.cache_clear()
     models = D._cached_models() if weights_dir == D.WEIGHTS_DIR else _load_from(weights_dir)
@@ -21,7 +22,7 @@ def add_sample_grid(weights_dir: Path, seed: int = 0, n: int = 64) -> dict:
     seeds = derive_seeds(seed, torch.arange(n))
     shape = (n, D.CHANNELS, D.IMAGE_SIZE, D.IMAGE_SIZE)
     with torch.no_grad():
-        u = normal_ref(seeds, shape, step=0, purpose=FORWARD)
+        u = ops.normal(seeds, shape, step=0, purpose=FORWARD, backend="torch")
         u = sample_ddpm(m, u, list(range(999, -1, -1)), noise=NoiseStreams(seeds, shape), variance="fixedsmall")
         x = ((u + 1) / 2).clamp(0, 1)
         pred = models.classifier(x).softmax(1)
@@ -33,7 +34,7 @@ def add_sample_grid(weights_dir: Path, seed: int = 0, n: int = 64) -> dict:
 
 
 def _load_from(weights_dir: Path):
-    from . import embedded as D
+    from ..zoo import embedded as D
 
     unet = D._load_module(D.build_unet(), weights_dir / "digits_ddpm.safetensors")
     clf = D._load_module(D.build_classifier(), weights_dir / "digits_classifier.safetensors")
