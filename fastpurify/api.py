@@ -1,4 +1,4 @@
-"""Public API: `purify`, `Purifier`, `PurifiedClassifier` (DESIGN.md, "The data path of one call")."""
+"""Public API: `purify`, `Purifier`, `PurifiedClassifier` (docs/DESIGN.md, "The data path of one call")."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ class Purifier(InferenceModule):
     `forward(x, seed=None)`: seed None = fresh noise per call (or `fixed_noise_seed` when set); int = per-index
     streams; (B,) tensor = per-sample seeds.
 
-    grad: how gradients reach x when the input requires them (`fastpurify.grad`, METHODS.md §9): 'full' (default;
+    grad: how gradients reach x when the input requires them (`fastpurify.grad`, docs/METHODS.md §9): 'full' (default;
     exact, per-step recompute), 'autograd' (exact, plain unrolled graph), 'adjoint' (VP-SDE presets only),
     'surrogate' (with `surrogate=`), 'bpda' (identity backward, weaker), 'none'.
     surrogate: the attack-side purifier for grad='surrogate': a Purifier, or a dict of settings (preset, t_star,
@@ -166,7 +166,7 @@ class Purifier(InferenceModule):
         return f"preset={c.preset.name!r}, sampler={c.preset.sampler}, t*={c.k}/1000, nfe={c.nfe}, grad={self.grad!r}"
 
     def grad_config(self) -> dict:
-        """What a report records about the attack gradient (CONVENTIONS.md §2.3): mode, label, noise, configs."""
+        """What a report records about the attack gradient (docs/CONVENTIONS.md §2.3): mode, label, noise, configs."""
         d = {"grad_mode": self.grad, "grad_label": GRAD_LABELS[self.grad], "fixed_noise_seed": self.fixed_noise_seed,
              "defense": self.config.as_dict()}
         if self.surrogate is not None:

@@ -1,4 +1,4 @@
-"""Gradient modes for adaptive attacks: one switch, `Purifier(..., grad=MODE)` / `purify(..., grad=MODE)` (METHODS.md §9).
+"""Gradient modes for adaptive attacks: one switch, `Purifier(..., grad=MODE)` / `purify(..., grad=MODE)` (docs/METHODS.md §9).
 
 | mode        | backward computes                                            | memory in sampler steps          |
 |-------------|--------------------------------------------------------------|----------------------------------|

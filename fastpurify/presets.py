@@ -1,7 +1,7 @@
 """Named purification presets: frozen settings, resolved against overrides (t*, steps) into a `Resolved` config.
 
 t* is given either as an int k ∈ {1..1000} ("k steps of 1000") or a float s* ∈ (0, 1] (k = round(1000·s*)).
-Canonical rule (METHODS.md §2): k steps means noising with ᾱ_{k−1}, then reverse steps from index k−1
+Canonical rule (docs/METHODS.md §2): k steps means noising with ᾱ_{k−1}, then reverse steps from index k−1
 (DDPM/DDIM) or from continuous time s* = k/1000 (VP-SDE).
 """
 
@@ -66,7 +66,7 @@ def t_star_to_k(t_star) -> int:
 
 @dataclass(frozen=True)
 class Resolved:
-    """A preset with overrides applied and t* in both units; what reports record (CONVENTIONS.md #26)."""
+    """A preset with overrides applied and t* in both units; what reports record (docs/CONVENTIONS.md §2.4)."""
 
     preset: Preset
     k: int                 # t* in steps of 1000
@@ -119,7 +119,7 @@ register_preset(Preset("ddim", "ddim", 100, steps=10, eta=0.0, clip_x0=True,
                        description="DDIM η = 0, 10 uniformly respaced steps from t* = 100"))
 
 
-# ---- DiffPure presets for the public checkpoints (issue #6; METHODS.md §4; models via fastpurify.load_diffusion) ----
+# ---- DiffPure presets for the public checkpoints (issue #6; docs/METHODS.md §4; models via fastpurify.load_diffusion) ----
 # VP-SDE Euler–Maruyama with torchsde's dt 1e-3 down to 1e-5; DiffPure hands (u + 1)/2 to the classifier unclamped.
 # ImageNet: the 224 → 256 → 224 bilinear resize is `fastpurify.methods.ResizePurifier` around the Purifier.
 # Precision is a load option (load_diffusion(..., dtype='fp16') = DiffPure's use_fp16 ADM torso), not a preset field.
@@ -132,7 +132,7 @@ register_preset(Preset("diffpure-imagenet", "vpsde", 0.15, clamp_output=False,
                                    "VP-SDE EM dt 1e-3, t* = 0.15, 224→256→224 bilinear resize"))
 
 
-# ---- guided and multi-round methods (issue #5; METHODS.md §5, §6, §8) ----
+# ---- guided and multi-round methods (issue #5; docs/METHODS.md §5, §6, §8) ----
 # Sampler settings only: the guidance itself (AGDM's auxiliary network, GDMP's target) is built by
 # fastpurify.methods.build_method / the guidance classes, which take these presets.
 register_preset(Preset("agdm", "ddpm", 70, variance="fixedsmall", clip_x0=True,

@@ -1,4 +1,4 @@
-"""Noise schedules, built once as tensors (METHODS.md §1.2–1.3).
+"""Noise schedules, built once as tensors (docs/METHODS.md §1.2–1.3).
 
 Discrete DDPM indices are 0-based: ᾱ_i = ∏_{j≤i} (1 − β_j), and ᾱ_{−1} := 1.
 Everything is computed in float64 and stored as float64; samplers cast the rows they need.
@@ -69,7 +69,7 @@ def get_vpsde_schedule(beta_min: float = 0.1, beta_max: float = 20.0) -> VPSDE:
 
 def vpsde_grid(s_star: float, dt: float = 1e-3, s_end: float = 1e-5) -> list[float]:
     """Euler–Maruyama time grid s_0 = s* > s_1 > … > s_n = s_end with steps of dt, the last one shortened
-    so the grid ends exactly at s_end (torchsde's behaviour, METHODS.md §3.1)."""
+    so the grid ends exactly at s_end (torchsde's behaviour, docs/METHODS.md §3.1)."""
     if not s_end < s_star:
         raise ValueError(f"s* = {s_star} must exceed s_end = {s_end}")
     n = math.ceil((s_star - s_end) / dt - 1e-9)
@@ -77,7 +77,7 @@ def vpsde_grid(s_star: float, dt: float = 1e-3, s_end: float = 1e-5) -> list[flo
 
 
 def respaced_indices(k: int, n: int, rule: str = "uniform") -> list[int]:
-    """n descending DDPM indices for a respaced sampler starting from k steps of 1000 (METHODS.md §3.5).
+    """n descending DDPM indices for a respaced sampler starting from k steps of 1000 (docs/METHODS.md §3.5).
 
     'uniform'  — round(linspace(k−1, 0, n)): first index k−1, last 0 (fastpurify's default);
     'lee_kim'  — stride d = k // n: {d−1, 2d−1, …, (k//d)·d − 1} (Lee & Kim);

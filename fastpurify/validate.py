@@ -10,7 +10,7 @@ RANGE_TOL = 1e-4  # attack libraries produce values like −2.98e-08 (torchattac
 def check_images(x, *, channels: int | None = None, size: int | None = None, name: str = "x") -> torch.Tensor:
     """x must be a finite float NCHW tensor in [0, 1] (± RANGE_TOL).  Returns x clamped to [0, 1] in value only:
     the clamp is straight-through (gradient 1 everywhere), because torch's clamp has zero gradient at the bounds and
-    would hide every pixel at exactly 0 or 1 from an attacker (EVALUATION.md rule 2)."""
+    would hide every pixel at exactly 0 or 1 from an attacker (docs/EVALUATION.md rule 2)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():

@@ -1,4 +1,4 @@
-"""Tiny same-architecture models with random weights, written in each original on-disk layout (CHECKPOINTS.md).
+"""Tiny same-architecture models with random weights, written in each original on-disk layout (docs/CHECKPOINTS.md).
 
 Random weights replace every zero-initialised layer (ADM's out conv, NCSN++'s NIN_3, ...): with the published
 inits those layers output zeros and a test comparing two forwards could not fail.

@@ -1,4 +1,4 @@
-"""The CUDA kernels compile for sm_80 and sm_90 wherever a CUDA toolkit is installed, GPU or not (DESIGN.md decision 6),
+"""The CUDA kernels compile for sm_80 and sm_90 wherever a CUDA toolkit is installed, GPU or not (docs/DESIGN.md decision 6),
 and the default build of fastpurify._C carries them.  Running them is the GPU lane's job (tests/test_gpu_ops.py)."""
 
 import os

@@ -1,4 +1,4 @@
-"""Gradient modes (fastpurify.grad, METHODS.md §9) against plain unrolled autograd, on a tiny float64 UNet."""
+"""Gradient modes (fastpurify.grad, docs/METHODS.md §9) against plain unrolled autograd, on a tiny float64 UNet."""
 
 import pytest
 import torch

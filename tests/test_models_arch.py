@@ -1,4 +1,4 @@
-"""The ported architectures: parameter counts (CHECKPOINTS.md), pinned numerics, cross-format equivalence, and the
+"""The ported architectures: parameter counts (docs/CHECKPOINTS.md), pinned numerics, cross-format equivalence, and the
 inference options (attention backends, fp16/bf16 torso, channels_last)."""
 
 import re
@@ -28,13 +28,13 @@ def _count(build):
 
 
 @pytest.mark.parametrize("name, build, tensors, params", [
-    # CHECKPOINTS.md §1: 106.6 M / 956 tensors; 552.8 M / 566; 35,746,307; 113,673,219.
+    # docs/CHECKPOINTS.md §1: 106.6 M / 956 tensors; 552.8 M / 566; 35,746,307; 113,673,219.
     ("ncsnpp-cifar10-vp", lambda: NCSNpp(**NCSNPP_CIFAR10), 956, 106_632_579),
     ("adm-256-uncond", lambda: ADMUNet(**ADM_256_UNCOND), 566, 552_814_086),
     ("ddpm-cifar10-ema", lambda: DDPMModel(**DDPM_CIFAR10), 328, 35_746_307),
     ("ddpm-celebahq-256", lambda: DDPMModel(**DDPM_CELEBAHQ), 450, 113_673_219),
     ("diffusers ddpm-cifar10-32", lambda: DiffusersUNet2D(DDPM_CIFAR10_DIFFUSERS), 328, 35_746_307),
-    # Classifiers (not in CHECKPOINTS.md): WRN-28-10 36.5 M (Zagoruyko & Komodakis), WRN-70-16 267 M (Gowal et
+    # Classifiers (not in docs/CHECKPOINTS.md): WRN-28-10 36.5 M (Zagoruyko & Komodakis), WRN-70-16 267 M (Gowal et
     # al. / RobustBench), ResNet-50 25,557,032 (torchvision's own module, built beside ours in the next test).
     ("WRN-28-10 (RobustBench Standard)", lambda: WideResNet(28, 10), 80, 36_479_194),
     ("WRN-70-16 (DMWideResNet)", lambda: DMWideResNet(70, 16), 206, 266_796_506),
@@ -81,7 +81,7 @@ def test_tiny_model_output_is_pinned(kind):
 
 
 def _ddpm_to_diffusers(sd: dict, levels: int) -> dict:
-    """CHECKPOINTS.md §5 (diffusers' convert_ddpm_original_checkpoint_to_diffusers.py mapping)."""
+    """docs/CHECKPOINTS.md §5 (diffusers' convert_ddpm_original_checkpoint_to_diffusers.py mapping)."""
     rules = [(r"^temb\.dense\.0\.", "time_embedding.linear_1."), (r"^temb\.dense\.1\.", "time_embedding.linear_2."),
              (r"^norm_out\.", "conv_norm_out."), (r"^down\.(\d+)\.block\.", r"down_blocks.\1.resnets."),
              (r"^down\.(\d+)\.attn\.", r"down_blocks.\1.attentions."),
@@ -149,7 +149,7 @@ def test_low_precision_torso_is_close_to_fp32(kind, dtype, tol):
 
 
 def test_adm_fp16_is_guided_diffusions_convert_to_fp16():
-    """Torso convs fp16; time_embed, the emb_layers Linears, norms and the out head fp32 (CHECKPOINTS.md §3)."""
+    """Torso convs fp16; time_embed, the emb_layers Linears, norms and the out head fp32 (docs/CHECKPOINTS.md §3)."""
     net = tiny("adm")
     net.set_dtype(torch.float16)
     dt = {k: v.dtype for k, v in net.state_dict().items()}

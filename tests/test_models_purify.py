@@ -38,7 +38,7 @@ def test_public_configs_are_inferred_without_overrides():
 def test_diffpure_presets_have_the_published_settings(name, t_star, nfe):
     p = get_preset(name)
     assert (p.sampler, p.t_star, p.dt, p.s_end, p.clamp_output) == ("vpsde", t_star, 1e-3, 1e-5, False)
-    assert resolve(name).nfe == nfe  # METHODS.md §4: 100 / 75 / 150 network evaluations
+    assert resolve(name).nfe == nfe  # docs/METHODS.md §4: 100 / 75 / 150 network evaluations
 
 
 class _Spy:
@@ -69,7 +69,7 @@ def test_diffpure_cifar10_with_a_loaded_ncsnpp(ncsnpp_file):
     # score_sde time input τ = 999·s on the grid s* = 0.1 → 0.050005 (two steps down to 1e-5).
     assert spy.taus == [[pytest.approx(99.9)] * 2, [pytest.approx(999 * 0.050005, rel=1e-6)] * 2]
     assert torch.equal(y, purify(x, model=model, preset="diffpure-cifar10", steps=2, seed=5))
-    # DiffPure hands (u + 1)/2 to the classifier unclamped (METHODS.md §1.1).
+    # DiffPure hands (u + 1)/2 to the classifier unclamped (docs/METHODS.md §1.1).
     assert ((y < 0) | (y > 1)).any()
     clamped = replace(get_preset("diffpure-cifar10"), clamp_output=True)
     assert torch.equal(purify(x, model=model, preset=clamped, steps=2, seed=5), y.clamp(0, 1))

@@ -19,7 +19,7 @@ def test_ddpm_schedule_closed_form():
 
 
 def test_noise_levels_quoted_in_methods():
-    """METHODS.md §2: s* = 0.1 → √ᾱ ≈ 0.947, std ≈ 0.322;  s* = 0.15 → 0.887 and 0.461."""
+    """docs/METHODS.md §2: s* = 0.1 → √ᾱ ≈ 0.947, std ≈ 0.322;  s* = 0.15 → 0.887 and 0.461."""
     s, sde = get_ddpm_schedule(), get_vpsde_schedule()
     for k, a, sig in ((100, 0.947, 0.322), (150, 0.887, 0.461)):
         assert abs(math.sqrt(sde.abar(k / 1000)) - a) < 1e-3 and abs(sde.sigma(k / 1000) - sig) < 1e-3
@@ -43,7 +43,7 @@ def test_vpsde_grid_counts_match_diffpure(s_star, nfe):
 
 
 def test_respacing_rules():
-    assert respaced_indices(100, 5, "trailing") == [99, 79, 59, 39, 19]  # ADBM, METHODS.md §7.1
+    assert respaced_indices(100, 5, "trailing") == [99, 79, 59, 39, 19]  # ADBM, docs/METHODS.md §7.1
     assert respaced_indices(125, 5, "lee_kim") == [124, 99, 74, 49, 24]
     assert respaced_indices(30, 1, "lee_kim") == [29]
     assert respaced_indices(100, 3, "lee_kim") == [98, 65, 32]  # the n∤k trap: top index below k−1

@@ -2,7 +2,7 @@
 
 `PurifiedClassifier` is already what both libraries expect (an nn.Module returning (B, classes) logits on [0, 1]
 inputs, device from its first parameter, fresh noise per call, nothing that depends on eval()/train()).  These
-helpers run them the way METHODS.md §10.3 asks: AutoAttack `rand` (APGD-CE + APGD-DLR, EOT 20), then the final
+helpers run them the way docs/METHODS.md §10.3 asks: AutoAttack `rand` (APGD-CE + APGD-DLR, EOT 20), then the final
 images re-evaluated with N fresh purifications, the library's own (evaluate-while-optimizing) number kept apart.
 Both libraries are optional extras, imported only here (the dev requirements install both, and the tests run them):
     pip install pyautoattack  or  pip install git+https://github.com/fra31/auto-attack   (RobustBench pins a392200)

@@ -1,4 +1,4 @@
-"""Adaptive attacks on a whole defence (EVALUATION.md rules 1 and 4): one `AttackSpec` per attack, run by `run_attack`.
+"""Adaptive attacks on a whole defence (docs/EVALUATION.md rules 1 and 4): one `AttackSpec` per attack, run by `run_attack`.
 
 A `Defence` is classifier ∘ purifier, plus the components an adaptive attacker also targets: an auxiliary network
 (AGDM's φ, whose argmax picks the guidance label and has no gradient through the purifier) and attack-side variants
@@ -250,7 +250,7 @@ def run_attack(defence: Defence, spec: AttackSpec, x: torch.Tensor, y: torch.Ten
 
 def default_attacks(defence: Defence, *, steps: int = 20, eot: int = 4, transfer_steps: int = 100,
                     extended: bool = False) -> list[AttackSpec]:
-    """The attack list the protocol runs by default (EVALUATION.md rules 1, 3, 4).
+    """The attack list the protocol runs by default (docs/EVALUATION.md rules 1, 3, 4).
 
     Every defence: PGD with exact gradients and CE (random start), a margin-loss restart.  A randomised defence
     adds BPDA (the weaker attack: a masking check), the classifier alone ('blind') and the forward noise alone

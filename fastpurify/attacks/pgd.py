@@ -1,4 +1,4 @@
-"""PGD with EOT against a (possibly stochastic) model, and N-fold re-evaluation (METHODS.md §10.2, §10.6).
+"""PGD with EOT against a (possibly stochastic) model, and N-fold re-evaluation (docs/METHODS.md §10.2, §10.6).
 
 A model here is `forward(x, seeds) → logits`: seeds (B,) int64 are the per-sample noise seeds of one call, so
 every EOT replica and every re-evaluation trial has its own stream, and results do not depend on batch size or on
@@ -75,7 +75,7 @@ class PGDConfig:
         if not (self.eps >= 0 and self.step_size >= 0):
             raise ValueError(f"need eps >= 0 and step_size >= 0; got eps={self.eps}, step_size={self.step_size}")
         if self.fixed_noise and self.eot != 1:
-            raise ValueError("fixed_noise replays one noise draw: use eot = 1 (METHODS.md §9)")
+            raise ValueError("fixed_noise replays one noise draw: use eot = 1 (docs/METHODS.md §9)")
         get_loss(self.loss)
 
     def as_dict(self) -> dict:

@@ -1,4 +1,4 @@
-"""Masking checks (EVALUATION.md rule 6): the classic signs of gradient masking, computed from the protocol's rows
+"""Masking checks (docs/EVALUATION.md rule 6): the classic signs of gradient masking, computed from the protocol's rows
 and attack statistics.  Each check is a record {name, passed, value, threshold, detail}; a failed one is printed in
 every report, never hidden."""
 
@@ -25,7 +25,7 @@ def convergence_drop(half_steps_mean: float, mean: float, n: int) -> tuple[float
 
 @torch.no_grad()
 def masking_checks(defence, attacks, rows, stats_by_name, large, cfg) -> list[dict]:
-    """The classic signs of gradient masking (EVALUATION.md rule 6), each a named record; passed None = skipped."""
+    """The classic signs of gradient masking (docs/EVALUATION.md rule 6), each a named record; passed None = skipped."""
     out = []
     specs = {a.name: a for a in attacks}
     ran = {r["attack"]: r for r in rows if "skipped" not in r}
@@ -73,7 +73,7 @@ def masking_checks(defence, attacks, rows, stats_by_name, large, cfg) -> list[di
                           "the classifier alone on the blind-attack images"
                           + (" (skipped: an adversarially trained classifier)" if robust else "")))
     # 6. Components an adaptive attacker targets (an auxiliary network, attack-side variants) must be attacked
-    #    through (EVALUATION.md rule 4); without, the figure is an upper bound of unknown slack.
+    #    through (docs/EVALUATION.md rule 4); without, the figure is an upper bound of unknown slack.
     if defence.aux is not None or defence.variants:
         kinds, variants = {a.kind for a in attacks}, {a.variant for a in attacks}
         missing = [] if defence.aux is None or kinds & {"aux", "joint"} else ["aux or joint (the auxiliary network)"]

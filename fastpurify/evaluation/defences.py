@@ -1,5 +1,5 @@
 """Named defences for the protocol: a method's purifier in front of a classifier, with the components and
-attack-side variants an adaptive attacker targets, and the honest baselines (EVALUATION.md rule 7)."""
+attack-side variants an adaptive attacker targets, and the honest baselines (docs/EVALUATION.md rule 7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The evaluation protocol (../shared/docs/EVALUATION.md), one code path for demo, compare and sweeps.
+"""The evaluation protocol (docs/EVALUATION.md), one code path for demo, compare and sweeps.
 
     clean accuracy on N fresh draws
     for each attack of the ensemble: its candidate x_adv (only where still needed, for cascaded attacks)

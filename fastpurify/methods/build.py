@@ -2,7 +2,7 @@
 
 `build_method(name, model, aux=None, **overrides)` returns an nn.Module with forward(x, seed=None, round=0, grad=None) and a
 `.describe()` dict for reports.  Settings for the embedded digits benchmark were chosen on the validation split
-(`fastpurify compare --tune`; its report records the grid and the choice); the CIFAR-10 ones follow METHODS.md.
+(`fastpurify compare --tune`; its report records the grid and the choice); the CIFAR-10 ones follow docs/METHODS.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Multi-round purification and N-run ensembles with vote / logit / softmax aggregation (METHODS.md §3.7, §6).
+"""Multi-round purification and N-run ensembles with vote / logit / softmax aggregation (docs/METHODS.md §6).
 
 MultiRound chains purifiers (Lee & Kim's "gradual noise": e.g. t* = 30, 30, 50, 125 …); every round draws from
 its own Philox round word, so the rounds are independent and still a pure function of the sample seed.

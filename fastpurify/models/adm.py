@@ -1,4 +1,4 @@
-"""guided-diffusion's ADM UNet (`UNetModel`), as used by `256x256_diffusion_uncond.pt` (CHECKPOINTS.md §3).
+"""guided-diffusion's ADM UNet (`UNetModel`), as used by `256x256_diffusion_uncond.pt` (docs/CHECKPOINTS.md §3).
 
 Same key layout as `openai/guided-diffusion:guided_diffusion/unet.py` (time_embed.{0,2}, input_blocks.i.j,
 middle_block.j, output_blocks.i.j, out.{0,2}), unconditional, 2-D.  Supported: scale-shift norm, up/down-sampling

@@ -1,5 +1,5 @@
-"""Classifiers in the layouts the public robust-benchmark weights use (CHECKPOINTS.md §8).  All take x ∈ [0, 1]:
-input normalisation lives inside the model (CONVENTIONS.md #1), as non-persistent buffers (not in the files).
+"""Classifiers in the layouts the public robust-benchmark weights use (docs/CHECKPOINTS.md §8).  All take x ∈ [0, 1]:
+input normalisation lives inside the model (docs/CONVENTIONS.md §1.1), as non-persistent buffers (not in the files).
 
 - `WideResNet`   — RobustBench `wide_resnet.py` / DiffPure `classifiers/cifar10_resnet.py` layout: conv1,
                    block{1,2,3}.layer.i.{bn1, conv1, bn2, conv2, convShortcut}, bn1, fc.  RobustBench 'Standard'

@@ -1,6 +1,6 @@
 """The DDPM `Model` UNet (Ho et al.; pesser/pytorch_diffusion, SDEdit, DiffPure's `ddpm/unet_ddpm.py`).
 
-Key layout (CHECKPOINTS.md §4): temb.dense.{0,1}, conv_in, down.L.{block.B, attn.B, downsample.conv}, mid.{block_1,
+Key layout (docs/CHECKPOINTS.md §4): temb.dense.{0,1}, conv_in, down.L.{block.B, attn.B, downsample.conv}, mid.{block_1,
 attn_1, block_2}, up.L.{block.B, attn.B, upsample.conv}, norm_out, conv_out.  `up.L` is indexed by resolution level
 (the original builds it with insert(0, …)), so up.0 is the last stage executed.
 
@@ -16,7 +16,7 @@ from torch import nn
 from .layers import AttentionBase, Conv2d, GroupNorm32, Linear, attention, set_torso_dtype, sinusoidal_embedding
 from .layers import Upsample
 
-# pesser/pytorch_diffusion `ema_cifar10` and SDEdit / DiffPure `celeba_hq.ckpt` (CHECKPOINTS.md §4).
+# pesser/pytorch_diffusion `ema_cifar10` and SDEdit / DiffPure `celeba_hq.ckpt` (docs/CHECKPOINTS.md §4).
 DDPM_CIFAR10 = dict(resolution=32, in_channels=3, out_ch=3, ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2,
                     attn_resolutions=(16,))
 DDPM_CELEBAHQ = dict(resolution=256, in_channels=3, out_ch=3, ch=128, ch_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2,

@@ -1,4 +1,4 @@
-"""diffusers `UNet2DModel`, built from its config.json, without diffusers installed (CHECKPOINTS.md §5).
+"""diffusers `UNet2DModel`, built from its config.json, without diffusers installed (docs/CHECKPOINTS.md §5).
 
 Same module names as `huggingface/diffusers:src/diffusers/models/unets/unet_2d.py`: time_embedding.linear_{1,2},
 conv_in, down_blocks.i.{resnets.j, attentions.j, downsamplers.0.conv}, mid_block.{resnets, attentions},

@@ -1,4 +1,4 @@
-"""The denoiser the samplers drive: an ε-prediction network plus its time convention (METHODS.md §1.4).
+"""The denoiser the samplers drive: an ε-prediction network plus its time convention (docs/METHODS.md §1.4).
 
 Samplers never call the network directly; they ask for ε at a DDPM index i (discrete samplers) or at a
 continuous VP time s (VP-SDE), and this wrapper turns that into the network's own time input τ.

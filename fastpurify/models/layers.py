@@ -1,6 +1,6 @@
 """Building blocks shared by the pretrained-architecture ports (NCSN++, ADM, DDPM `Model`, diffusers UNet2DModel).
 
-Precision model (CHECKPOINTS.md §3, generalised from guided-diffusion's `convert_to_fp16`):
+Precision model (docs/CHECKPOINTS.md §3, generalised from guided-diffusion's `convert_to_fp16`):
   - every conv / attention projection casts its input to its own weight dtype, so a net whose torso weights were
     converted to fp16/bf16 runs in that dtype with no other change;
   - `GroupNorm32` always computes in fp32 and returns the input dtype (guided-diffusion's GroupNorm32);

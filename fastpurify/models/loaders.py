@@ -1,4 +1,4 @@
-"""Safe loading of the public diffusion checkpoints and classifiers (CHECKPOINTS.md §9).
+"""Safe loading of the public diffusion checkpoints and classifiers (docs/CHECKPOINTS.md §9).
 
     model = fastpurify.load_diffusion("checkpoint_8.pth")            # → PretrainedDiffusion, ready for the samplers
     clf = fastpurify.load_classifier("Standard.pt")                   # → eval-mode nn.Module taking x ∈ [0, 1]

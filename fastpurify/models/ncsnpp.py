@@ -1,6 +1,6 @@
 """NCSN++ in the score_sde "DDPM++ deep, continuous VP" configuration (DiffPure's CIFAR-10 `checkpoint_8.pth`).
 
-A compact port of `score_sde/models/ncsnpp.py` for the configuration in CHECKPOINTS.md §2 only: positional time
+A compact port of `score_sde/models/ncsnpp.py` for the configuration in docs/CHECKPOINTS.md §2 only: positional time
 embedding, BigGAN residual blocks with naive (non-FIR) resampling, skip_rescale, no progressive paths, centered input.
 Every layer sits in one `all_modules` ModuleList, in the original order, so both the named keys
 (`all_modules.N.*`) and `parameters()` order — which the positional EMA `shadow_params` list relies on — match.

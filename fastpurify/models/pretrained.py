@@ -1,4 +1,4 @@
-"""The denoiser returned by `load_diffusion`, and the ImageNet resize wrapper (METHODS.md §1.1, §1.4).
+"""The denoiser returned by `load_diffusion`, and the ImageNet resize wrapper (docs/METHODS.md §1.1, §1.4).
 
 `PretrainedDiffusion` is an `EpsDiffusion` over a ported UNet that adds:
   - learned σ: ε = the first `channels` output channels, `output()` keeps all of them (ADM: v = out[:, 3:]);

@@ -20,5 +20,5 @@ class SmallCNN(nn.Module):
         self.head = nn.Sequential(nn.Linear(8 * w, 128), nn.ReLU(), nn.Linear(128, classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalisation lives inside the model (CONVENTIONS.md #1): inputs are plain [0, 1] images.
+        # Normalisation lives inside the model (docs/CONVENTIONS.md §1.1): inputs are plain [0, 1] images.
         return self.head(self.features(2.0 * x - 1.0))

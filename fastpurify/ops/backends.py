@@ -1,6 +1,6 @@
 """Every op × backend: the torch reference, the C++ CPU kernels, Triton (fastpurify/kernels) and CUDA (csrc/cuda).
 
-Each entry declares devices, dtypes and `available()` (STYLE.md §2.3); ops/__init__.py picks one through registry.select.
+Each entry declares devices, dtypes and `available()` (docs/DESIGN.md decision 2); ops/__init__.py picks one through registry.select.
 The C++ and CUDA backends call the same `torch.ops.fastpurify.*` schemas: the dispatcher runs the kernel of the
 inputs' device.  Triton modules are imported on first use, so `import fastpurify` never imports Triton.
 """

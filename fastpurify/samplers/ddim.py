@@ -1,4 +1,4 @@
-"""Generalised-η DDIM over a (respaced) index list (METHODS.md §3.4).  η = 1: ancestral on the subsequence."""
+"""Generalised-η DDIM over a (respaced) index list (docs/METHODS.md §3.4).  η = 1: ancestral on the subsequence."""
 
 from __future__ import annotations
 

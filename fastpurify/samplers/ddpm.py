@@ -1,4 +1,4 @@
-"""DDPM ancestral sampling (METHODS.md §3.3).  u: (B, C, H, W) in [−1, 1] at index k−1 → u at index −1."""
+"""DDPM ancestral sampling (docs/METHODS.md §3.3).  u: (B, C, H, W) in [−1, 1] at index k−1 → u at index −1."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Static buffers and CUDA-graph capture of the whole purification (DESIGN.md decision 5; `Purifier(graphs=...)`).
+"""Static buffers and CUDA-graph capture of the whole purification (docs/DESIGN.md decision 5; `Purifier(graphs=...)`).
 
 One `StaticRun` per call signature (shape, dtype, device, gradient mode, round) owns static input buffers (x, the
 per-sample seeds), runs the purification on them and keeps its output (and, for an attack, its input gradient) in

@@ -1,4 +1,4 @@
-"""Per-sample noise streams for one purification (METHODS.md §1.5, DESIGN.md decision 3)."""
+"""Per-sample noise streams for one purification (docs/METHODS.md §1.5, docs/DESIGN.md decision 3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""VP-SDE Euler–Maruyama, DiffPure's reverse process (METHODS.md §3.1).  u at time s_0 = s* → u at s_end."""
+"""VP-SDE Euler–Maruyama, DiffPure's reverse process (docs/METHODS.md §3.1).  u at time s_0 = s* → u at s_end."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def sample_vpsde(model, u: torch.Tensor, grid: list[float], *, noise, sde: VPSDE
                  trace: list | None = None) -> torch.Tensor:
     """Euler–Maruyama over the descending grid (vpsde_grid); step j draws ξ(seed, j) inside the fused op.
 
-    guidance(u, eps, s) → g (scale inside), added to the score −ε/σ (METHODS.md §3.1, guided variant); or (g, gw).
+    guidance(u, eps, s) → g (scale inside), added to the score −ε/σ (docs/METHODS.md §3.1, guided variant); or (g, gw).
     checkpoint(body, u): per-step recompute wrapper (grad.StepCheckpoint), as in sample_ddpm.
     adjoint: backpropagate with the continuous adjoint (vpsde_adjoint, below): O(1) memory in steps, input only.
     trace: a list that receives u after every step (as in sample_ddpm; not with the adjoint).

@@ -1,4 +1,4 @@
-"""TRADES adversarial training (Zhang et al. 2019; METHODS.md §8.5) for AGDM's auxiliary network.
+"""TRADES adversarial training (Zhang et al. 2019; docs/METHODS.md §8.5) for AGDM's auxiliary network.
 
     min_φ E[ CE(p_φ(x), y) + β · KL(p_φ(x) ‖ p_φ(x′)) ],   x′ from K steps of sign-PGD on the KL inside the ε-ball,
     started at x + 0.001·N(0, I).  The KL is summed and divided by the batch size (reference implementation).

@@ -1,4 +1,4 @@
-"""Merge the records of a sweep directory with a completeness check (CONVENTIONS.md §3.6), and `sweep status`.
+"""Merge the records of a sweep directory with a completeness check (docs/CONVENTIONS.md §3.6), and `sweep status`.
 
 Merge: parse every shard (complete lines only), keep the records of this directory's config id, group by
 (method, sample id), resolve duplicates (identical outcomes → keep the first in (rank, attempt, line) order;

@@ -1,4 +1,4 @@
-"""Per-sample records: JSON lines per rank and attempt, crash-safe (CONVENTIONS.md §3.4, §3.5).
+"""Per-sample records: JSON lines per rank and attempt, crash-safe (docs/CONVENTIONS.md §3.4, §3.5).
 
 `records/shard-r{rank}-a{attempt}.jsonl` — each process opens a new attempt file (O_EXCL, so no two writers ever
 share one) and appends one line per (sample, method, attack ensemble), with flush + fsync after every batch.

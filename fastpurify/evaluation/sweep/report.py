@@ -1,5 +1,5 @@
 """`fastpurify sweep report DIR`: metrics from the merged per-sample records, written as a RobustBench-compatible
-JSON superset (CONVENTIONS.md §2), a Markdown table and plots.
+JSON superset (docs/CONVENTIONS.md §2.2), a Markdown table and plots.
 
 Accuracies per method (`fastpurify.evaluation.stats.summarize`): clean and robust, each as mean over the N draws
 (Avg.Rob), worst case (all N correct, Wor.Rob) and majority vote (ties → lowest class index), with 95 % Wilson
@@ -217,7 +217,7 @@ def markdown(report: dict) -> str:
               "to the method). 95 % CI: Wilson on n images.")
     lines += ["", legend,
               f"Protocol: {report['results'][0]['protocol'] if report['results'] else '–'}"]
-    lines += ["", "Masking checks (EVALUATION.md rule 6; value vs threshold):"]
+    lines += ["", "Masking checks (docs/EVALUATION.md rule 6; value vs threshold):"]
     for r in report["results"]:
         for c in r["checks"]:
             state = "skipped" if c["passed"] is None else "ok" if c["passed"] else "FAILED"

@@ -1,4 +1,4 @@
-"""Manifest, the stored config, and unpadded shards over torchrun's environment contract (CONVENTIONS.md §3).
+"""Manifest, the stored config, and unpadded shards over torchrun's environment contract (docs/CONVENTIONS.md §3).
 
 Each process reads RANK / WORLD_SIZE / LOCAL_RANK (0 / 1 / 0 when started alone; Slurm arrays can set them).
 Under torchrun a gloo (CPU) or nccl (GPU) group is created for exactly one barrier at start — after every rank has

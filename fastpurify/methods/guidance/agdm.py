@@ -1,4 +1,4 @@
-"""Adversarial guidance (AGDM, arXiv 2403.16067; reconstruction in METHODS.md §8.3–8.4).
+"""Adversarial guidance (AGDM, arXiv 2403.16067; reconstruction in docs/METHODS.md §8.3–8.4).
 
 At each guided DDPM step the posterior mean is shifted by σ_i²·s_i·g_i with
     g_i = ∇_u [ λ_cls·log p_φ(ŷ | v(u)) − λ_feat·D(h_φ(v(u)), h_φ(x_adv)) ],

@@ -1,4 +1,4 @@
-"""GDMP pixel-distance guidance (Wang et al., arXiv 2205.14969; METHODS.md §5).
+"""GDMP pixel-distance guidance (Wang et al., arXiv 2205.14969; docs/METHODS.md §5).
 
 At DDPM index i the posterior mean is shifted by σ_i²·s_i·∇_u D(u, a_i), with the target a_i the input
 diffused to level i with fresh noise (a_i = √ᾱ_i·u_in + √(1−ᾱ_i)·z′) or the input itself, D = −MSE or SSIM,

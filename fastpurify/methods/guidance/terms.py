@@ -1,4 +1,4 @@
-"""Guidance terms as pure functions of tensors (METHODS.md §5, §8).  Each returns one value per sample (B,),
+"""Guidance terms as pure functions of tensors (docs/METHODS.md §5, §8).  Each returns one value per sample (B,),
 so the gradient of its sum gives every sample its own gradient: batch-invariant unless 'global_mean' is asked for."""
 
 from __future__ import annotations
