@@ -119,7 +119,7 @@ register_preset(Preset("ddim", "ddim", 100, steps=10, eta=0.0, clip_x0=True,
                        description="DDIM η = 0, 10 uniformly respaced steps from t* = 100"))
 
 
-# ---- DiffPure presets for the public checkpoints (issue #6; docs/METHODS.md §4; models via fastpurify.load_diffusion) ----
+# ---- DiffPure presets for the public checkpoints (docs/METHODS.md §4; models via fastpurify.load_diffusion) ----
 # VP-SDE Euler–Maruyama with torchsde's dt 1e-3 down to 1e-5; DiffPure hands (u + 1)/2 to the classifier unclamped.
 # ImageNet: the 224 → 256 → 224 bilinear resize is `fastpurify.methods.ResizePurifier` around the Purifier.
 # Precision is a load option (load_diffusion(..., dtype='fp16') = DiffPure's use_fp16 ADM torso), not a preset field.
@@ -132,7 +132,7 @@ register_preset(Preset("diffpure-imagenet", "vpsde", 0.15, clamp_output=False,
                                    "VP-SDE EM dt 1e-3, t* = 0.15, 224→256→224 bilinear resize"))
 
 
-# ---- guided and multi-round methods (issue #5; docs/METHODS.md §5, §6, §8) ----
+# ---- guided and multi-round methods (docs/METHODS.md §5, §6, §8) ----
 # Sampler settings only: the guidance itself (AGDM's auxiliary network, GDMP's target) is built by
 # fastpurify.methods.build_method / the guidance classes, which take these presets.
 register_preset(Preset("agdm", "ddpm", 70, variance="fixedsmall", clip_x0=True,

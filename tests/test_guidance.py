@@ -1,4 +1,4 @@
-"""Guided purification (issue #5): s = 0 identities, guidance gradients vs finite differences, exact gradients
+"""Guided purification: s = 0 identities, guidance gradients vs finite differences, exact gradients
 through guidance, multi-round and ensembles, the TRADES-trained auxiliary network."""
 
 import copy

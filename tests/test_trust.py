@@ -1,4 +1,4 @@
-"""Defects that made our robustness numbers too high or our wrappers unsafe (issue 9), each pinned by a test that
+"""Defects that made our robustness numbers too high or our wrappers unsafe, each pinned by a test that
 failed before its fix: gradients at pixels exactly 0/1, train mode leaking through attack libraries, dropout in the
 per-step recompute, dtype conversion of the wrappers, and the NFE a report carries."""
 

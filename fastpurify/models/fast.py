@@ -7,7 +7,7 @@ What each option changes (and what it does not):
   - compile:       `torch.compile(dynamic=False, fullgraph=True)` of ε̂ = model(u, τ): static shapes, one graph per
                    (shape, dtype, device, grad mode), no graph breaks (a break raises).  The weights are graph inputs,
                    not constants, so a compiled denoiser always sees the current weights.  Only the network is
-                   compiled: the fused step op costs < 1 % of a step on the CPU (issue 11) and is captured with the
+                   compiled: the fused step op costs < 1 % of a step on the CPU (benchmarks/bench_ops.py) and is captured with the
                    rest of the loop by CUDA graphs (samplers/graphed.py).
   - precision:     'fp32' (default), 'bf16', 'fp16': autocast around the network only, so its convolutions and
                    matmuls run in low precision while ε̂ comes back in the input dtype (fp32) and the schedule math,

@@ -1,4 +1,4 @@
-"""Backends and dispatch (docs/DESIGN.md decision 2, docs/DESIGN.md decision 2).
+"""Backends and dispatch (docs/DESIGN.md decision 2).
 
 Each (op, backend) pair is a `Backend` record declaring devices, dtypes, `available()` and `why_not(inputs)`.
 Selection: the `backend=` argument, then FASTPURIFY_BACKEND (read at call time), then the device's priority list.

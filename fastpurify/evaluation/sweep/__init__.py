@@ -1,5 +1,5 @@
 """`fastpurify sweep`: many methods × an attack ensemble over thousands of images, sharded over torchrun ranks,
-resumable after a crash, merged and reported (issue 10; docs/CONVENTIONS.md §3).
+resumable after a crash, merged and reported (docs/CONVENTIONS.md §3).
 
     fastpurify sweep CONFIG.toml [--set key=value ...]     run (alone, or under torchrun / Slurm env variables)
     torchrun --nproc_per_node K -m fastpurify sweep CONFIG.toml
