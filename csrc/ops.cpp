@@ -4,7 +4,7 @@
 
 #include <string>
 
-#include "cpu/noise.h"
+#include "cpu/isa.h"
 
 TORCH_LIBRARY(fastpurify, m) {
   // x_t[b] = a[t_b]·x0[b] + s[t_b]·ξ(seeds[b], step, purpose, round, element)
@@ -28,7 +28,8 @@ TORCH_LIBRARY(fastpurify, m) {
   // philox_bits) — what the tests compare bit for bit across backends
   m.def("philox_bits(Tensor seeds, int n, int step, int purpose, int round) -> Tensor");
   m.def("build_info() -> str");
-  // the instruction set of the C++ CPU noise kernels on this machine: 'avx512', 'avx2' or 'baseline'
+  // the instruction set of the C++ CPU kernels (noise and element-wise loops) here: 'avx512', 'avx2' or 'baseline',
+  // the widest this CPU runs capped by FASTPURIFY_CPU_ISA (csrc/cpu/isa.h)
   m.def("cpu_isa() -> str");
 }
 
@@ -43,7 +44,7 @@ static std::string build_info() {
   return s;
 }
 
-static std::string cpu_isa() { return fastpurify::isa_name(fastpurify::noise_isa()); }
+static std::string cpu_isa() { return fastpurify::isa_name(fastpurify::cpu_isa()); }
 
 TORCH_LIBRARY_IMPL(fastpurify, CompositeExplicitAutograd, m) {
   m.impl("build_info", &build_info);

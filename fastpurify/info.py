@@ -32,7 +32,8 @@ def automatic_order() -> dict[str, dict]:
 
 
 def cpu_isa() -> str | None:
-    """The instruction set the C++ noise kernels run here (None without the extension)."""
+    """The instruction set the C++ CPU kernels (noise and element-wise loops) run here: the widest this CPU has, capped
+    by FASTPURIFY_CPU_ISA=baseline|avx2|avx512 (None without the extension)."""
     import torch
 
     from .ops import _ext
@@ -79,7 +80,9 @@ def info() -> dict:
         "python": platform.python_version(), "torch_cuda": torch.version.cuda,
         "cuda_available": torch.cuda.is_available(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "extension_build": _ext.build_info() or None, "cpu_isa": cpu_isa(), "torch_threads": torch.get_num_threads(),
+        "extension_build": _ext.build_info() or None, "cpu_isa": cpu_isa(),
+        # torch's own CPU kernels (ATen) pick theirs apart: 'AVX512', 'AVX2', 'DEFAULT', … (ATEN_CPU_CAPABILITY caps it)
+        "torch_cpu_isa": torch.backends.cpu.get_cpu_capability(), "torch_threads": torch.get_num_threads(),
         "backends": available_backends(), "automatic": automatic_order(), "precision": precision_table(),
         "speed_options": speed_options(),
     }

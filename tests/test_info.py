@@ -21,6 +21,7 @@ def test_info_json_lists_every_backend_with_reason():
     assert d["backends"]["torch"]["available"]
     assert "forward_diffuse" in d["backends"]["torch"]["ops"]
     assert d["cpu_isa"] in (None, "baseline", "avx2", "avx512")
+    assert isinstance(d["torch_cpu_isa"], str) and d["torch_cpu_isa"]  # ATen's own, e.g. 'AVX2' or 'DEFAULT'
     # Without a GPU verification record for this device the automatic choice on CUDA is the reference, and says why.
     cuda = d["automatic"]["cuda"]
     if cuda["order"] == ["torch"]:

@@ -1,7 +1,3 @@
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -92,37 +88,7 @@ def test_normal_rejects_bad_seeds():
         ops.philox_bits(torch.arange(3), 2 ** 32, step=0, purpose=1)
 
 
-_ISA_PROBE = """
-import sys, torch
-from fastpurify import ops
-from fastpurify.ops import _ext
-assert _ext.load_error() is None
-seeds = torch.tensor([5, -7, 1 << 40])
-z = ops.normal(seeds, (3, 2053), step=4, purpose=1, round=2, backend="cpu")
-r0, r1 = ops.philox_bits(seeds, 2053, step=4, purpose=1, round=2, backend="cpu")
-torch.save({"isa": torch.ops.fastpurify.cpu_isa(), "z": z, "r0": r0, "r1": r1}, sys.argv[1])
-"""
-
-
-@pytest.mark.skipif(_ext.load_error() is not None, reason="fastpurify._C not built")
-@pytest.mark.parametrize("isa", ["baseline", "avx2"])
-def test_cpu_noise_is_the_same_on_every_instruction_set(isa, tmp_path):
-    """FASTPURIFY_CPU_ISA caps the C++ noise kernels: the narrower paths give the widest one's bits exactly (the words
-    and the branch-free float32 Box–Muller, compiled without FMA contraction)."""
-    seeds = torch.tensor([5, -7, 1 << 40])
-    z = ops.normal(seeds, (3, 2053), step=4, purpose=1, round=2, backend="cpu")
-    r0, r1 = ops.philox_bits(seeds, 2053, step=4, purpose=1, round=2, backend="cpu")
-    out = tmp_path / "probe.pt"
-    env = {**os.environ, "FASTPURIFY_CPU_ISA": isa, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-c", _ISA_PROBE, str(out)], env=env, check=True, timeout=120)
-    got = torch.load(out, weights_only=True)
-    if got["isa"] != isa:
-        pytest.skip(f"this CPU does not run {isa} (capped run used {got['isa']})")
-    assert torch.equal(got["r0"], r0) and torch.equal(got["r1"], r1)
-    assert torch.equal(got["z"].view(torch.int32), z.view(torch.int32)), \
-        f"{isa} vs {torch.ops.fastpurify.cpu_isa()}: {int((got['z'] != z).sum())} normals differ"
-
-
 @pytest.mark.skipif(_ext.load_error() is not None, reason="fastpurify._C not built")
 def test_cpu_isa_reported():
+    """(Every path's noise, bit for bit against the others: tests/test_cpu_isa.py.)"""
     assert torch.ops.fastpurify.cpu_isa() in ("baseline", "avx2", "avx512")

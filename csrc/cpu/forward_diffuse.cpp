@@ -17,10 +17,11 @@ template <typename scalar_t>
 void forward_diffuse_kernel(const scalar_t* x0, scalar_t* out, const float* a, const float* s, const int64_t* t,
                             const int64_t* seeds, int64_t B, int64_t n, uint32_t step, uint32_t purpose,
                             uint32_t round) {
+  const Isa isa = cpu_isa();
   for_each_tile(B, n, [&](int64_t b, int64_t e0, int64_t len) {
     float z[kTile];
     noise_tile(z, static_cast<uint64_t>(seeds[b]), e0, len, step, purpose, round);
-    diffuse_tile(x0 + b * n + e0, z, static_cast<scalar_t>(a[t[b]]), static_cast<scalar_t>(s[t[b]]),
+    diffuse_tile(isa, x0 + b * n + e0, z, static_cast<scalar_t>(a[t[b]]), static_cast<scalar_t>(s[t[b]]),
                  out + b * n + e0, len);
   });
 }
@@ -83,8 +84,9 @@ at::Tensor forward_diffuse_bwd_cpu(const at::Tensor& grad, const at::Tensor& a, 
     scalar_t* xp = gx.data_ptr<scalar_t>();
     const float* ap = ac.data_ptr<float>();
     const int64_t* tp = tc.data_ptr<int64_t>();
+    const Isa isa = cpu_isa();
     for_each_tile(B, n, [&](int64_t b, int64_t e0, int64_t len) {
-      scale_tile(gp + b * n + e0, static_cast<scalar_t>(ap[tp[b]]), xp + b * n + e0, len);
+      scale_tile(isa, gp + b * n + e0, static_cast<scalar_t>(ap[tp[b]]), xp + b * n + e0, len);
     });
   });
   return gx;
@@ -119,7 +121,7 @@ at::Tensor philox_bits_cpu(const at::Tensor& seeds, int64_t n, int64_t step, int
   auto out = at::empty({2, B, n}, kc.options());
   const int64_t* sp = kc.data_ptr<int64_t>();
   int64_t* op = out.data_ptr<int64_t>();
-  const Isa isa = noise_isa();
+  const Isa isa = cpu_isa();
   for_each_tile(B, n, [&](int64_t b, int64_t e0, int64_t len) {
     uint32_t r0[kTile], r1[kTile];
     philox_words(isa, r0, r1, static_cast<uint64_t>(sp[b]), e0, len, static_cast<uint32_t>(step),

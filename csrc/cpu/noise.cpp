@@ -1,7 +1,7 @@
 // The Philox noise of one tile, shared by every C++ CPU kernel.  No torch headers: this file compiles in a second
 // and links into the standalone C++ test (tests/cpp/test_noise.cpp) as it is.
 //
-// Two passes per chunk, each written once per instruction set:
+// Two passes per chunk, each written once per instruction set (the one of cpu_isa(), isa.h):
 //   1. Philox4x32-10 words.  Compilers do not find the fast form of the widening 32×32→64 multiplies, so the AVX2 and
 //      AVX-512 paths are intrinsics: every 32-bit word lives in the low half of a 64-bit lane, one vpmuludq per
 //      multiply reads only those low halves, and the garbage the xors leave in the high halves is never read.
@@ -12,19 +12,11 @@
 
 #include <bit>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
-#include <stdexcept>
-#include <string>
 
 #include "../philox.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define FP_X86 1
+#if FP_X86
 #include <immintrin.h>
-#define FP_TARGET(isa) __attribute__((target(isa)))
-#else
-#define FP_X86 0
 #endif
 
 namespace fastpurify {
@@ -198,49 +190,13 @@ FP_TARGET("avx512f") void box_muller_avx512(const uint32_t* r0, const uint32_t* 
 
 }  // namespace
 
-bool isa_supported(Isa isa) {
-#if FP_X86
-  switch (isa) {
-    case Isa::kBaseline: return true;
-    case Isa::kAvx2: return __builtin_cpu_supports("avx2");
-    case Isa::kAvx512: return __builtin_cpu_supports("avx512f");
-  }
-  return false;
-#else
-  return isa == Isa::kBaseline;
-#endif
-}
-
-const char* isa_name(Isa isa) {
-  switch (isa) {
-    case Isa::kAvx2: return "avx2";
-    case Isa::kAvx512: return "avx512";
-    default: return "baseline";
-  }
-}
-
-Isa cap_isa(Isa widest, const char* cap) {
-  if (cap == nullptr || *cap == '\0') return widest;
-  for (Isa c : {Isa::kBaseline, Isa::kAvx2, Isa::kAvx512})
-    if (std::strcmp(cap, isa_name(c)) == 0) return static_cast<int>(c) < static_cast<int>(widest) ? c : widest;
-  throw std::invalid_argument(std::string("FASTPURIFY_CPU_ISA=") + cap + ": expected baseline, avx2 or avx512");
-}
-
-Isa noise_isa() {
-  // Thread-safe one-time initialisation (retried on the next call if it throws).
-  static const Isa isa = cap_isa(isa_supported(Isa::kAvx512) ? Isa::kAvx512
-                                 : isa_supported(Isa::kAvx2) ? Isa::kAvx2
-                                                             : Isa::kBaseline,
-                                 std::getenv("FASTPURIFY_CPU_ISA"));
-  return isa;
-}
-
 void philox_words(Isa isa, uint32_t* r0, uint32_t* r1, uint64_t seed, int64_t e0, int64_t len, uint32_t step,
                   uint32_t purpose, uint32_t round) {
 #if FP_X86
   if (isa == Isa::kAvx512) return philox_words_avx512(r0, r1, seed, e0, len, step, purpose, round);
   if (isa == Isa::kAvx2) return philox_words_avx2(r0, r1, seed, e0, len, step, purpose, round);
 #endif
+  (void)isa;
   philox_words_baseline(r0, r1, seed, e0, len, step, purpose, round);
 }
 
@@ -249,11 +205,12 @@ void box_muller(Isa isa, const uint32_t* r0, const uint32_t* r1, float* z, int64
   if (isa == Isa::kAvx512) return box_muller_avx512(r0, r1, z, len);
   if (isa == Isa::kAvx2) return box_muller_avx2(r0, r1, z, len);
 #endif
+  (void)isa;
   box_muller_baseline(r0, r1, z, len);
 }
 
 void noise_tile(float* z, uint64_t seed, int64_t e0, int64_t len, uint32_t step, uint32_t purpose, uint32_t round) {
-  const Isa isa = noise_isa();
+  const Isa isa = cpu_isa();
   uint32_t r0[kChunk], r1[kChunk];
   for (int64_t c = 0; c < len; c += kChunk) {
     const int64_t n = len - c < kChunk ? len - c : kChunk;

@@ -5,22 +5,15 @@
 #pragma once
 #include <cstdint>
 
+#include "isa.h"
+
 namespace fastpurify {
 
 constexpr int64_t kTile = 2048;  // elements per tile: the unit of parallel work and of the noise buffers
 
 // ξ(seed, step, purpose, round) for elements [e0, e0 + len) of the stream of `seed` into z (len ≤ kTile), on the
-// instruction set of noise_isa().
+// instruction set of cpu_isa() (isa.h).
 void noise_tile(float* z, uint64_t seed, int64_t e0, int64_t len, uint32_t step, uint32_t purpose, uint32_t round);
-
-// The noise kernels exist once per instruction set; the widest one this CPU runs is picked at first use, capped by
-// FASTPURIFY_CPU_ISA=baseline|avx2|avx512 (tests run every path; an unknown value throws std::invalid_argument).
-enum class Isa : int { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
-Isa noise_isa();
-bool isa_supported(Isa isa);
-const char* isa_name(Isa isa);
-// The narrower of `widest` and the instruction set named by `cap` (nullptr or "": widest); throws on unknown names.
-Isa cap_isa(Isa widest, const char* cap);
 
 // The two pieces of noise_tile on one instruction set (for the tests that compare every path):
 // r0, r1 = the first two Philox4x32-10 words of counters (e0 + j, step, purpose, round), key = seed, j < len;

@@ -3,7 +3,8 @@
 //   x0 = q0·x − q1·ε (clamped to [−1, 1] if clip)
 //   out = p0·x0 + p1·x + p2·ε + sigma·ξ(seed_b, k) + s_g·Σ_j gw[j,b]·g[j,b]
 // x, ε: (B, n); g: (K, B, n); gw: (K, B); coef: (S, 7) in x's dtype (float or double); k: 0-dim int64.
-// The element loops are in loops.cpp (compiled per instruction set); this file tiles, checks and dispatches.
+// The element loops are in loops.cpp (compiled per instruction set, the one of cpu_isa() read here once per op);
+// this file tiles, checks and dispatches.
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -33,17 +34,18 @@ void step_fwd_kernel(const T* x, const T* eps, const T* g, const T* gw, int64_t 
                      const int64_t* seeds, T* out, int64_t B, int64_t n, uint32_t step, uint32_t purpose,
                      uint32_t round) {
   const bool noisy = c.sigma != T(0);  // DDIM η = 0 and final steps draw no noise
+  const Isa isa = cpu_isa();
   for_each_tile(B, n, [&](int64_t b, int64_t e0, int64_t len) {
     float z[kTile];
     if (noisy) noise_tile(z, static_cast<uint64_t>(seeds[b]), e0, len, step, purpose, round);
     const int64_t o = b * n + e0;
     // Same operation order as the reference: p-terms, + σ·ξ, + s_g·(Σ_j gw[j,b]·g[j,b]).
-    step_tile(x + o, eps + o, noisy ? z : nullptr, c, clip, out + o, len);
+    step_tile(isa, x + o, eps + o, noisy ? z : nullptr, c, clip, out + o, len);
     if (g != nullptr) {
       T acc[kTile];
-      scale_tile(g + o, gw[b], acc, len);
-      for (int64_t j = 1; j < K; ++j) axpy_tile(g + j * B * n + o, gw[j * B + b], acc, len);
-      axpy_tile(acc, c.sg, out + o, len);
+      scale_tile(isa, g + o, gw[b], acc, len);
+      for (int64_t j = 1; j < K; ++j) axpy_tile(isa, g + j * B * n + o, gw[j * B + b], acc, len);
+      axpy_tile(isa, acc, c.sg, out + o, len);
     }
   });
 }
@@ -54,14 +56,15 @@ void step_fwd_kernel(const T* x, const T* eps, const T* g, const T* gw, int64_t 
 template <typename T>
 void step_bwd_kernel(const T* go, const T* x, const T* eps, const T* gw, int64_t K, const Coefs<T> c, bool clip,
                      T* gx, T* geps, T* gg, int64_t B, int64_t n) {
+  const Isa isa = cpu_isa();
   for_each_tile(B, n, [&](int64_t b, int64_t e0, int64_t len) {
     const int64_t o = b * n + e0;
-    step_bwd_tile(go + o, clip ? x + o : nullptr, clip ? eps + o : nullptr, c, clip, gx + o, geps + o, len);
+    step_bwd_tile(isa, go + o, clip ? x + o : nullptr, clip ? eps + o : nullptr, c, clip, gx + o, geps + o, len);
     if (gg != nullptr)
       for (int64_t j = 0; j < K; ++j) {
         T* gp = gg + j * B * n + o;
-        scale_tile(go + o, gw[j * B + b], gp, len);  // (gw·∂L/∂out)·s_g, the reference's rounding order
-        scale_tile(gp, c.sg, gp, len);
+        scale_tile(isa, go + o, gw[j * B + b], gp, len);  // (gw·∂L/∂out)·s_g, the reference's rounding order
+        scale_tile(isa, gp, c.sg, gp, len);
       }
   });
 }
@@ -177,10 +180,11 @@ at::Tensor guidance_accumulate_cpu(const at::Tensor& g, const at::Tensor& gw) {
     const scalar_t* gp = gc.data_ptr<scalar_t>();
     const scalar_t* wp = wc.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
+    const Isa isa = cpu_isa();
     for_each_tile(B, n, [&](int64_t b, int64_t e0, int64_t len) {
       const int64_t o = b * n + e0;
-      scale_tile(gp + o, wp[b], op + o, len);
-      for (int64_t j = 1; j < K; ++j) axpy_tile(gp + j * B * n + o, wp[j * B + b], op + o, len);
+      scale_tile(isa, gp + o, wp[b], op + o, len);
+      for (int64_t j = 1; j < K; ++j) axpy_tile(isa, gp + j * B * n + o, wp[j * B + b], op + o, len);
     });
   });
   return out;
@@ -202,8 +206,10 @@ at::Tensor guidance_accumulate_bwd_cpu(const at::Tensor& grad, const at::Tensor&
     const scalar_t* gp = go.data_ptr<scalar_t>();
     const scalar_t* wp = wc.data_ptr<scalar_t>();
     scalar_t* op = gg.data_ptr<scalar_t>();
+    const Isa isa = cpu_isa();
     for_each_tile(B, n, [&](int64_t b, int64_t e0, int64_t len) {
-      for (int64_t j = 0; j < K; ++j) scale_tile(gp + b * n + e0, wp[j * B + b], op + j * B * n + b * n + e0, len);
+      for (int64_t j = 0; j < K; ++j)
+        scale_tile(isa, gp + b * n + e0, wp[j * B + b], op + j * B * n + b * n + e0, len);
     });
   });
   return gg;

@@ -138,7 +138,7 @@ void test_isa_cap() {
 }  // namespace
 
 int main() {
-  std::printf("noise instruction set picked here: %s\n", fastpurify::isa_name(fastpurify::noise_isa()));
+  std::printf("noise instruction set picked here: %s\n", fastpurify::isa_name(fastpurify::cpu_isa()));
   test_isa_cap();
   test_known_answers();
   test_paths_agree();
