@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from fastpurify.evaluation.sweep.config import ConfigError, apply_override, config_id
-from fastpurify.evaluation.sweep.plan import load_config
 from fastpurify.evaluation.sweep.data import DataConfig, open_dataset, read_cifar_batch, select_ids
 from fastpurify.evaluation.sweep.merge import merge, status
+from fastpurify.evaluation.sweep.plan import load_config
 from fastpurify.evaluation.sweep.records import RecordWriter, read_shards, same_outcome
 from fastpurify.evaluation.sweep.report import IncompleteSweep, accuracies, wilson_ci, write_report
 from fastpurify.evaluation.sweep.shards import (
@@ -53,9 +53,10 @@ def test_default_ensemble_gives_each_method_the_protocols_attack_list(tmp_path):
     by_name = {a.name: a for a in cfg.attacks}
     none, diffpure, agdm = (m.attacks for m in cfg.methods)
     explicit = ["pgd-full", "pgd-bpda"]  # the example's own attacks run on every method too
-    assert none == ["pgd-ce-det", "pgd-margin-det", *explicit] and by_name["pgd-ce-det"].steps == 50
-    assert diffpure == ["pgd-ce", "pgd-margin", "bpda", "blind", "forward-only", *explicit]
-    assert agdm == [*diffpure[:5], "aux-ce", "aux-margin", "joint", "pgd-detach", *explicit]
+    assert none == ["pgd-ce-det", "apgd-ce-det", "apgd-dlr-det", "pgd-margin-det", *explicit]
+    assert by_name["pgd-ce-det"].steps == 50 and by_name["apgd-dlr-det"].kind == "apgd"
+    assert diffpure == ["pgd-ce", "apgd-ce", "apgd-dlr", "pgd-margin", "bpda", "blind", "forward-only", *explicit]
+    assert agdm == [*diffpure[:7], "aux-ce", "aux-margin", "joint", "pgd-detach", *explicit]
     assert (by_name["pgd-ce"].steps, by_name["pgd-ce"].eot, by_name["pgd-ce"].grad) == (3, 2, "full")
     assert by_name["bpda"].grad == "bpda" and by_name["pgd-detach"].variant == "detach"
     assert by_name["pgd-margin"].cascade and by_name["pgd-ce"].step_size == pytest.approx(0.15 / 4)
@@ -214,18 +215,18 @@ def test_imagefolder_res256crop224_and_id_list(tmp_path):
 
     root = tmp_path / "val"
     rng = np.random.RandomState(2)
-    for cls in ("n01", "n02"):
+    for cls in ("n01440764", "n01443537"):
         (root / cls).mkdir(parents=True)
         for k in range(2):
             Image.fromarray(rng.randint(0, 256, (260, 300, 3)).astype(np.uint8)).save(root / cls / f"img{k}.png")
     ds = open_dataset(DataConfig(dataset="imagenet", path=str(root)))
-    assert ds.size == 4 and ds.labels().tolist() == [0, 0, 1, 1]
+    assert ds.size == 4 and ds.labels().tolist() == [0, 0, 1, 1]  # ImageNet-1k classes 0 and 1
     assert ds.images([2, 0]).shape == (2, 3, 224, 224)
     ids_file = tmp_path / "ids.txt"
-    ids_file.write_text("# RobustBench style\nval/n02/img1.png\nn01/img0.png\n")
+    ids_file.write_text("# RobustBench style\nval/n01443537/img1.png\nn01440764/img0.png\n")
     d = DataConfig(dataset="imagenet", path=str(root), ids_file=str(ids_file))
-    assert select_ids(d, ds) == [3, 0] and ds.source(3) == "n02/img1.png"
-    ids_file.write_text("n03/img9.png\n")
+    assert select_ids(d, ds) == [3, 0] and ds.source(3) == "n01443537/img1.png"
+    ids_file.write_text("n01440764/img9.png\n")
     with pytest.raises(ConfigError, match="not an image of"):
         select_ids(d, ds)
 
@@ -331,7 +332,7 @@ def test_wilson_and_accuracies():
     acc = accuracies([[1, 2, 2], [3, 4, 3], [5, 6, 7]], [2, 3, 5])
     assert acc["mean"] == pytest.approx((2 / 3 + 2 / 3 + 1 / 3) / 3, abs=1e-6) and acc["n"] == 3
     assert acc["worst"] == 0.0
-    assert acc["majority"] == pytest.approx(1.0)  # a 3-way tie (5, 6, 7) votes for the lowest class, 5
+    assert acc["majority"] == pytest.approx(2 / 3, abs=1e-6)  # a 3-way tie (5, 6, 7) is not robust
 
 
 def test_report_complete_idempotent_and_robustbench_fields(tmp_path):

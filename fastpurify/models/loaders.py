@@ -14,8 +14,9 @@ wrongly shaped keys.  Formats (`kind`), detected from the content, never from th
   ddpm        DDPM `Model` state_dict (temb.dense.0.weight, ...); Lee & Kim's `[state_dict, ...]` list too.
   diffusers   a directory with config.json + diffusion_pytorch_model.safetensors (or .bin).
 Prefixes `module.` (DataParallel) are stripped.  Architecture hyper-parameters are inferred from the key shapes where
-the file determines them; the rest (image size, ADM head width) default to the public models' and can be overridden
-as keyword arguments.
+the file determines them; the rest are keyword arguments.  Where a setting the file cannot determine is taken from
+the public models (an ADM's head width: 64), the loaded model's `meta["assumed"]` names it and why, and a warning
+says so; sweeps refuse such an assumption unless the config gives the value.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import importlib
 import json
 import pickle
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -155,7 +157,16 @@ def detect_kind(obj) -> str:
                       ("ddpm", "temb.dense.0.weight"), ("diffusers", "time_embedding.linear_1.weight")):
         if key in sd:
             return kind
-    raise CheckpointError(f"unrecognised diffusion state_dict; first keys: {list(sd)[:6]}")
+    other = classifier_kind(sd)
+    hint = f" it is a {other!r} classifier, not a diffusion model;" if other else ""
+    raise CheckpointError(f"unrecognised diffusion state_dict;{hint} supported kinds: {', '.join(DIFFUSION_KINDS)}; "
+                          f"first keys: {list(sd)[:4]}")
+
+
+def classifier_kind(sd: dict) -> str | None:
+    """The classifier layout of a state_dict (CLASSIFIER_KINDS), or None."""
+    return ("dm-wrn" if "init_conv.weight" in sd else "wrn" if "block1.layer.0.conv1.weight" in sd
+            else "resnet50" if "layer4.2.conv3.weight" in sd else None)
 
 
 # ---------------------------------------------------------------------------------------------- verification
@@ -240,7 +251,8 @@ def _adm_config(sd: dict, image_size: int | None, num_head_channels: int) -> dic
     if image_size is None:  # guided-diffusion create_model's default channel_mult per image size
         image_size = {(1, 1, 2, 2, 4, 4): 256, (1, 1, 2, 3, 4): 128, (1, 2, 3, 4): 64}.get(mult)
         if image_size is None:
-            raise CheckpointError(f"ADM channel_mult {mult} does not determine the image size; pass image_size=")
+            raise CheckpointError(f"ADM channel_mult {mult} does not determine the image size; give image_size "
+                                  "(load_diffusion keyword; in a sweep: [model.diffusion_config] image_size = …)")
     emb_out = sd["input_blocks.1.0.emb_layers.1.weight"].shape[0]
     return dict(image_size=image_size, in_channels=sd["input_blocks.0.0.weight"].shape[1], model_channels=mc,
                 out_channels=sd["out.2.weight"].shape[0], num_res_blocks=nrb,
@@ -311,16 +323,21 @@ def _infer(fn, *args, what: str):
         return fn(*args)
     except (KeyError, IndexError, ValueError, ZeroDivisionError, UnboundLocalError) as e:
         raise CheckpointError(f"{what}: cannot infer the architecture from the keys ({type(e).__name__}: {e}); "
-                              "the file is incomplete or another configuration; pass the config as keywords") from e
+                              "the file is incomplete or another configuration; give its config (load_diffusion "
+                              "keywords; in a sweep: [model.diffusion_config])") from e
 
 
-def _arch(kind: str, sd: dict, saved: dict | None, config: dict, path) -> tuple[type, dict, dict]:
-    """(class, config, state_dict) for a named state_dict; `saved` is the config written by save_pretrained."""
+def _arch(kind: str, sd: dict, saved: dict | None, config: dict, path, assumed: dict) -> tuple[type, dict, dict]:
+    """(class, config, state_dict) for a named state_dict; `saved` is the config written by save_pretrained.
+    Settings taken from the public models rather than the file go into `assumed` (name → why)."""
     what = str(path)
     if kind == "ncsnpp":
         cfg = saved or _infer(_ncsnpp_config, sd, config.pop("image_size", 32), what=what)
         return NCSNpp, {**cfg, **config}, sd
     if kind == "adm":
+        if saved is None and "num_head_channels" not in config:  # shapes do not depend on the head count
+            assumed["num_head_channels"] = ("the file's shapes do not determine the attention head width; assumed "
+                                            f"{ADM_256_UNCOND['num_head_channels']}, guided-diffusion's public models'")
         cfg = saved or _infer(_adm_config, sd, config.pop("image_size", None),
                               config.pop("num_head_channels", ADM_256_UNCOND["num_head_channels"]), what=what)
         return ADMUNet, {**cfg, **config}, sd
@@ -358,6 +375,7 @@ def load_diffusion(path, kind: str | None = None, *, device="cpu", dtype=None, c
         if isinstance(sha256, str) and digest != sha256.lower():
             raise CheckpointError(f"{path}: sha256 {digest} does not match the expected {sha256}")
     info: dict = {}
+    assumed: dict = {}
     if path.is_dir():
         if kind not in (None, "diffusers"):
             raise CheckpointError(f"{path} is a directory, which only kind='diffusers' can be")
@@ -374,15 +392,19 @@ def load_diffusion(path, kind: str | None = None, *, device="cpu", dtype=None, c
         else:
             sd = strip_prefixes(obj[0] if isinstance(obj, (list, tuple)) else obj)
             saved = json.loads(file_meta["fastpurify.config"]) if "fastpurify.config" in file_meta else None
-            net = _build(*_arch(kind, sd, saved, dict(config), path), str(path))
+            net = _build(*_arch(kind, sd, saved, dict(config), path, assumed), str(path))
     c = net.config
     size = c.get("image_size") or c.get("resolution") or c.get("sample_size")
     channels = c.get("channels") or c.get("in_channels")
     out_ch = c.get("out_channels") or c.get("out_ch") or channels
     if size is None:
-        raise CheckpointError(f"{path}: the image size is not in the checkpoint; pass image_size=")
+        raise CheckpointError(f"{path}: the image size is not in the checkpoint; give image_size (load_diffusion "
+                              "keyword; in a sweep: [model.diffusion_config] image_size = …)")
     time_input = "continuous" if kind in ("score_sde", "ncsnpp") else "index"
-    meta = dict(kind=kind, path=str(path), sha256=digest, config=dict(c), time_input=time_input,
+    if assumed:
+        warnings.warn(f"{path}: " + "; ".join(f"{k}: {v}" for k, v in assumed.items())
+                      + " (pass it as a keyword to say so)", stacklevel=2)
+    meta = dict(kind=kind, path=str(path), sha256=digest, config=dict(c), time_input=time_input, assumed=assumed,
                 output="eps" if out_ch == channels else f"eps[:{channels}] + learned variance[{channels}:]",
                 params=sum(p.numel() for p in net.parameters()), tensors=len(net.state_dict()), **info)
     model = PretrainedDiffusion(net, image_size=int(size), channels=int(channels), time_input=time_input,
@@ -430,11 +452,21 @@ def load_classifier(path, kind: str | None = None, *, normalize: str | None = No
     digest = sha256_of(path) if sha256 else None
     if isinstance(sha256, str) and digest != sha256.lower():
         raise CheckpointError(f"{path}: sha256 {digest} does not match the expected {sha256}")
-    sd = _unwrap_classifier(read_file(path)[0], path)
-    found = ("dm-wrn" if "init_conv.weight" in sd else "wrn" if "block1.layer.0.conv1.weight" in sd
-             else "resnet50" if "layer4.2.conv3.weight" in sd else None)
+    obj = read_file(path)[0]
+    if isinstance(obj, dict) and isinstance(obj.get("ema"), dict) and "shadow_params" in obj["ema"]:
+        raise CheckpointError(f"{path}: a score_sde diffusion checkpoint, not a classifier; give it as the "
+                              "diffusion model")
+    sd = _unwrap_classifier(obj, path)
+    found = classifier_kind(sd)
     if found is None:
-        raise CheckpointError(f"{path}: unrecognised classifier state_dict; first keys: {list(sd)[:6]}")
+        try:
+            diffusion = detect_kind(sd)
+        except CheckpointError:
+            diffusion = None
+        hint = f" it is a {diffusion!r} diffusion model, not a classifier;" if diffusion else ""
+        raise CheckpointError(f"{path}: unrecognised classifier state_dict;{hint} supported kinds: "
+                              f"{', '.join(CLASSIFIER_KINDS)} (WideResNet, DMWideResNet, torchvision ResNet-50); "
+                              f"first keys: {list(sd)[:4]}")
     if kind is not None and kind != found:
         raise CheckpointError(f"{path} looks like a {found!r} classifier, not {kind!r}")
     if found == "resnet50":

@@ -3,8 +3,9 @@ the ensemble that apply to it.
 
 Methods are built by `fastpurify.evaluation.defences.build_defence` (baselines and `fastpurify.methods`, AGDM with
 its auxiliary network and 'detach' variant); presets (diffpure, ddpm, ddim, diffpure-cifar10, …) by a Purifier with
-the configured t* and steps.  Data whose size differs from the diffusion model's (ImageNet 224 vs ADM 256) is resized
-around the purifier, bilinear up and back, inside autograd (DiffPure / Lee & Kim).
+the configured t* and steps.  Data smaller than the diffusion model (ImageNet 224 vs ADM 256) is resized around the
+purifier (and its attack-side variants), bilinear up and back, inside autograd (DiffPure / Lee & Kim); data larger
+than the model only when the config asks for it (model.allow_downsample).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ...api import Purifier
 from ...attacks import AttackSpec, Defence
 from ...methods import MethodPurifier, ResizePurifier, with_scale
 from ..defences import build_defence as build_named_defence
-from .config import BASELINES, GUIDED_OR_MULTI, ConfigError, MethodConfig, SweepConfig
+from .config import BASELINES, GUIDED_OR_MULTI, ConfigError, MethodConfig, ModelConfig, SweepConfig
 
 _TORCH_DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "fp16": torch.float32, "bf16": torch.float32}
 
@@ -37,36 +38,62 @@ def _embedded(module: nn.Module, dtype: torch.dtype, device: torch.device) -> nn
     return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
-def load_models(cfg: SweepConfig) -> Models:
-    m, device = cfg.model, torch.device(cfg.device)
-    dtype = _TORCH_DTYPES[cfg.dtype]
+def _load(what: str, fn, problems: list[str]):
+    """Run one loader; a failure becomes one line naming the config key (no traceback)."""
+    from ...models.loaders import CheckpointError
+
+    try:
+        return fn()
+    except (CheckpointError, ConfigError, FileNotFoundError, OSError, TypeError, ValueError, RuntimeError) as e:
+        problems.append(f"model.{what}: " + " ".join(str(e).split()))
+        return None
+
+
+def _diffusion(m, cfg: SweepConfig, device, dtype):
     if m.diffusion == "digits":
         from ...zoo import digits
 
-        diffusion = _embedded(digits().diffusion, dtype, device)
-    else:
-        from ...models import load_diffusion
+        return _embedded(digits().diffusion, dtype, device)
+    from ...models import load_diffusion
 
-        diffusion = load_diffusion(m.diffusion, m.diffusion_kind or None, device=device,
-                                   dtype=None if cfg.dtype == "fp32" else cfg.dtype)
-    if m.classifier == "digits":
+    return load_diffusion(m.diffusion, m.diffusion_kind or None, device=device,
+                          dtype=None if cfg.dtype == "fp32" else cfg.dtype, **m.diffusion_config)
+
+
+def _classifier(path: str, kind: str, m, device, dtype, config: dict):
+    if path == "digits":
         from ...zoo import digits
 
-        classifier = _embedded(digits().classifier, dtype, device)
-    else:
-        from ...models import load_classifier
+        return _embedded(digits().classifier, dtype, device)
+    from ...models import load_classifier
 
-        classifier = load_classifier(m.classifier, m.classifier_kind or None, normalize=m.normalize or None,
-                                     device=device)
+    return load_classifier(path, kind or None, normalize=m.normalize or None, device=device, **config)
+
+
+def load_models(cfg: SweepConfig, problems: list[str], notes: list[str]) -> Models | None:
+    """Load the diffusion model, the classifier and the auxiliary network; each failure is one line in problems.
+    A setting a loader had to assume (an ADM's head width) is a problem unless given in [model.diffusion_config]."""
+    m, device = cfg.model, torch.device(cfg.device)
+    dtype = _TORCH_DTYPES[cfg.dtype]
+    diffusion = _load("diffusion", lambda: _diffusion(m, cfg, device, dtype), problems)
+    classifier = _load("classifier", lambda: _classifier(m.classifier, m.classifier_kind, m, device, dtype,
+                                                         m.classifier_config), problems)
     aux = None
     if m.aux == "digits":
         from ...zoo import digits_aux
 
         aux = _embedded(digits_aux(), dtype, device)
     elif m.aux:
-        from ...models import load_classifier
-
-        aux = load_classifier(m.aux, device=device)
+        aux = _load("aux", lambda: _classifier(m.aux, "", ModelConfig(), device, dtype, {}), problems)
+    for key, why in (getattr(diffusion, "meta", None) or {}).get("assumed", {}).items():
+        problems.append(f"model.diffusion: {key} is not in the checkpoint ({why}); give it in [model.diffusion_config]"
+                        f", e.g. {key} = {diffusion.meta['config'][key]!r} for the public guided-diffusion models")
+    if diffusion is None or classifier is None or (m.aux and aux is None):
+        return None
+    for name, net in (("diffusion", diffusion), ("classifier", classifier), ("aux", aux)):
+        meta = getattr(net, "meta", None)
+        if meta and meta.get("kind"):
+            notes.append(f"model.{name}: {meta['kind']} {meta.get('config', {})}")
     return Models(diffusion, classifier.requires_grad_(False), aux, dtype, device)
 
 
@@ -82,7 +109,9 @@ def build_defence(mc: MethodConfig, models: Models, cfg: SweepConfig, image_size
                                                                            "nfe": p.config.nfe}))
     d.name = mc.label
     if d.purifier is not None and image_size != models.diffusion.image_size:
+        # the attack-side variants purify the same images as the defence, so they are resized the same way
         d.purifier = ResizePurifier(d.purifier, models.diffusion.image_size)
+        d.variants = {k: ResizePurifier(v, models.diffusion.image_size) for k, v in d.variants.items()}
     return d
 
 
@@ -117,16 +146,30 @@ def attack_specs(cfg: SweepConfig) -> list[AttackSpec]:
                        kappa=a.kappa, states=a.states, cascade=a.cascade) for a in cfg.attacks]
 
 
-def check_shapes(models: Models, sample: torch.Tensor, n_classes: int) -> None:
-    """Data and models fit (channels, square images, classes): checked on one image before any work.  Another
-    size than the diffusion model's is resized around the purifier (ResizePurifier)."""
-    d = models.diffusion
+def check_fit(models: Models, sample: torch.Tensor, data, ids, labels, cfg: SweepConfig, problems: list[str],
+              notes: list[str]) -> int | None:
+    """Data and models fit (channels, square images, classes), on one decoded image; a diffusion model smaller than
+    the data is refused unless model.allow_downsample (a bilinear downsampling zeroes most input gradients).
+    Returns the data's image size, or None after adding the problems."""
+    d, n_found = models.diffusion, len(problems)
     c, h, w = sample.shape[1:]
     if d.channels != c or h != w:
-        raise ConfigError(f"data images are {c}×{h}×{w} but the diffusion model takes square {d.channels}-channel "
-                          "images")
+        problems.append(f"data images are {c}×{h}×{w} but the diffusion model takes square {d.channels}-channel "
+                        "images")
+    elif h > d.image_size and not cfg.model.allow_downsample:
+        problems.append(f"model.diffusion: a {d.image_size}×{d.image_size} model on {h}×{w} data would purify a "
+                        f"downsampled copy ({h} → {d.image_size} → {h}, bilinear): most input pixels then get no "
+                        "gradient and detail is lost. Use a model of the data's size, or set "
+                        "model.allow_downsample = true to ask for it")
+    elif h != d.image_size:
+        notes.append(f"resize: the purifier runs at {d.image_size}×{d.image_size}: the {h}×{w} images are resized "
+                     f"{h} → {d.image_size} → {h} (bilinear, inside autograd) around it")
     with torch.no_grad():
         out = models.classifier(sample.to(models.device, models.input_dtype))
-    if out.dim() != 2 or out.shape[1] < n_classes:
-        raise ConfigError(f"the classifier returns {tuple(out.shape)} logits; the labels need ≥ {n_classes} classes")
-
+    need = data.n_classes or int(labels[ids].max()) + 1
+    if out.dim() != 2 or (out.shape[1] != need if data.n_classes else out.shape[1] < need):
+        problems.append(f"model.classifier returns {tuple(out.shape)} logits; {data.name} has "
+                        + (f"{need} classes" if data.n_classes else f"labels up to {need - 1}"))
+    if int(labels[ids].max()) >= out.shape[-1]:
+        problems.append(f"data: labels reach {int(labels[ids].max())} but the classifier has {out.shape[-1]} outputs")
+    return None if len(problems) > n_found else h

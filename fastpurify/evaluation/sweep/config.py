@@ -1,13 +1,13 @@
 """Sweep configuration: one TOML file (read with the standard library), `--set key=value` overrides, and a full
-validation before any work starts.
+validation before any work starts (docs/SWEEPS.md lists every key).
 
     out = "runs/digits"            # output directory (records, manifest, report)
     eps = 0.15                     # threat model on the [0, 1] scale
     norm = "linf"
     n_reevals = 5                  # N fresh purifications per evaluation
     large_eps = 0.5                # masking check: plain CE at this ε on the first large_eps_n images → ~0 % (0: off)
-    [data]      dataset, split, path, labels, subset, n, ids, ids_file, data_seed
-    [model]     diffusion, classifier (files or "digits"), their kinds, aux (AGDM's auxiliary network)
+    [data]      dataset, split, path, labels, label_type, class_map, subset, n, ids, ids_file, data_seed
+    [model]     diffusion, classifier (files or "digits"), their kinds and configs, aux, allow_downsample
     [[methods]] name (none | build_method name | preset), label, t_star, steps, scale
     [[attacks]] name, kind, loss, steps, eot, step_size, random_start, grad, variant, weight, kappa, states, cascade
     [default_ensemble] use, steps, eot, transfer_steps: the protocol's default attacks per method (plan.py)
@@ -27,13 +27,17 @@ from dataclasses import dataclass, field
 
 import tomllib
 
+from ...attacks.adaptive import KINDS as ATTACK_KINDS  # one list: the attacks' own
+from ...attacks.losses import LOSSES as _LOSSES
 
-DATASETS = ("digits", "cifar10", "imagenet")
+DATASETS = ("digits", "cifar10", "cifar100", "imagenet")
+# The split each dataset reads when `split` is not given (ImageNet: the validation set is the evaluation set).
+DEFAULT_SPLIT = {"digits": "test", "cifar10": "test", "cifar100": "test", "imagenet": "val"}
+LABEL_TYPES = ("fine", "coarse")  # CIFAR-100: 100 fine classes or 20 superclasses
 SUBSETS = ("first", "seeded")
 DTYPES = ("fp32", "fp64", "fp16", "bf16")
 NORMS = ("linf", "l2")
-ATTACK_KINDS = ("pgd", "per_step", "joint", "forward_only", "blind", "aux")   # fastpurify.attacks.adaptive.KINDS
-ATTACK_LOSSES = ("ce", "margin", "dlr")  # fastpurify.attacks.losses
+ATTACK_LOSSES = tuple(_LOSSES)
 # 'surrogate' needs a second purifier built into the method: not a per-attack setting of a sweep.
 ATTACK_GRADS = ("full", "autograd", "adjoint", "bpda")
 # Defences of fastpurify.evaluation.defences besides the methods: the classifier alone, the auxiliary network
@@ -51,10 +55,13 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    dataset: str = "digits"        # digits | cifar10 | imagenet
-    split: str = "test"            # digits: test | val | train; cifar10 (pickle batches): test | train
-    path: str = ""                 # cifar10: cifar-10-batches-py dir or images .npy; imagenet: ImageFolder val dir
-    labels: str = ""               # cifar10 as .npy: the labels .npy
+    dataset: str = "digits"        # digits | cifar10 | cifar100 | imagenet
+    split: str = ""                # "" = DEFAULT_SPLIT; digits: test | val | train; cifar (pickles): test | train
+    path: str = ""                 # cifar10/100: cifar-10-batches-py / cifar-100-python dir or images .npy;
+                                   # imagenet: ImageFolder tree of synset folders
+    labels: str = ""               # cifar10/100 as .npy: the labels .npy
+    label_type: str = ""           # cifar100: fine (default) | coarse
+    class_map: str = ""            # imagenet: "folder index" per line, for folders that are not ImageNet-1k synsets
     subset: str = "first"          # first: ids 0..n-1; seeded: n ids drawn with data_seed (sorted)
     n: int = 0                     # 0: the whole split
     ids: list[int] = field(default_factory=list)   # explicit ids (index in the full split); overrides subset
@@ -70,6 +77,9 @@ class ModelConfig:
     classifier_kind: str = ""
     normalize: str = ""            # load_classifier normalize ("" = its default)
     aux: str = ""                  # AGDM's auxiliary network: "digits" or a classifier file
+    diffusion_config: dict = field(default_factory=dict)   # load_diffusion keywords (image_size, num_head_channels…)
+    classifier_config: dict = field(default_factory=dict)  # load_classifier keywords (num_classes, depth…)
+    allow_downsample: bool = False  # purify data larger than the diffusion model by resizing down (and back up)
 
 
 @dataclass
@@ -87,7 +97,7 @@ class AttackConfig:
     """One attack of the ensemble: the fields of `fastpurify.attacks.AttackSpec`, with its defaults."""
 
     name: str = ""                 # unique name in the ensemble
-    kind: str = "pgd"              # pgd | per_step | joint | forward_only | blind | aux (attacks/adaptive.py)
+    kind: str = "pgd"              # pgd | apgd | per_step | joint | forward_only | blind | aux (attacks/adaptive.py)
     loss: str = "ce"               # ce | margin | dlr
     steps: int = 20
     eot: int = 4
@@ -154,6 +164,13 @@ def _coerce(value, hint, where: str):
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[-1])
+    if hint is dict or origin is dict:  # a table of checkpoint settings, passed through as keywords
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        bad = [k for k, v in value.items() if isinstance(v, dict)]
+        if bad:
+            raise ConfigError(f"{where}: {bad[0]} must be a number, string, boolean or list, not a table")
+        return dict(value)
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
@@ -300,19 +317,28 @@ def _check_data(d: DataConfig) -> None:
         raise ConfigError("data.ids has duplicates")
     if d.ids_file:
         _exists(d.ids_file, "data.ids_file")
+    if d.label_type and d.dataset != "cifar100":
+        raise ConfigError(f"data.label_type is for cifar100 (fine or coarse labels); {d.dataset} has one label set")
+    if d.dataset == "cifar100" and d.label_type not in LABEL_TYPES:
+        raise ConfigError(f"data.label_type must be one of {LABEL_TYPES}, got {d.label_type!r}")
+    if d.class_map and d.dataset != "imagenet":
+        raise ConfigError("data.class_map maps ImageFolder class folders to class indices: imagenet only")
+    if d.class_map:
+        _exists(d.class_map, "data.class_map")
     if d.dataset == "digits":
         if d.split not in ("test", "val", "train"):
             raise ConfigError(f"data.split for digits must be test, val or train, got {d.split!r}")
         if d.path:
             raise ConfigError("data.path: the digits are embedded, give no path")
-    elif d.dataset == "cifar10":
-        _exists(d.path, "data.path (cifar-10-batches-py directory or images .npy)")
+    elif d.dataset in ("cifar10", "cifar100"):
+        folder = "cifar-10-batches-py" if d.dataset == "cifar10" else "cifar-100-python"
+        _exists(d.path, f"data.path ({folder} directory or images .npy)")
         if d.path.endswith(".npy"):
             _exists(d.labels, "data.labels (labels .npy next to the images .npy)")
         elif d.split not in ("test", "train"):
-            raise ConfigError(f"data.split for the CIFAR-10 batches must be test or train, got {d.split!r}")
+            raise ConfigError(f"data.split for the {folder} pickles must be test or train, got {d.split!r}")
     else:
-        _exists(d.path, "data.path (ImageFolder validation directory)")
+        _exists(d.path, "data.path (ImageFolder directory of class folders)")
 
 
 def _check_model(m: ModelConfig, cfg: SweepConfig) -> None:
@@ -329,10 +355,14 @@ def _check_model(m: ModelConfig, cfg: SweepConfig) -> None:
                           "the embedded digits model runs in fp32 or fp64")
     if cfg.dtype == "fp64" and m.diffusion != "digits":
         raise ConfigError("dtype 'fp64' is supported for the embedded digits model only")
+    for name in ("diffusion", "classifier"):
+        if getattr(m, f"{name}_config") and getattr(m, name) == "digits":
+            raise ConfigError(f"model.{name}_config describes a checkpoint file; the embedded digits model has none")
 
 
 def _check_methods(cfg: SweepConfig) -> None:
-    from ...presets import get_preset, t_star_to_k
+    from ...presets import get_preset
+    from .preflight import settings_problems
 
     if not cfg.methods:
         raise ConfigError("methods: give at least one [[methods]] entry")
@@ -350,11 +380,6 @@ def _check_methods(cfg: SweepConfig) -> None:
         unknown = sorted(set(m.attacks) - {a.name for a in cfg.attacks})
         if unknown:
             raise ConfigError(f"{where}: attacks {unknown} are not in [[attacks]]")
-        if m.t_star is not None:
-            try:
-                t_star_to_k(m.t_star)
-            except (TypeError, ValueError) as e:
-                raise ConfigError(f"{where}: {e}") from None
         guided = m.name.startswith(("agdm", "gdmp"))
         if m.scale is not None and not guided:
             raise ConfigError(f"{where}: scale is a guidance scale; {m.name!r} has no guidance")
@@ -362,6 +387,9 @@ def _check_methods(cfg: SweepConfig) -> None:
             raise ConfigError(f"{where}: steps applies to presets only (diffpure, ddpm, ddim, …)")
         if m.steps is not None and m.steps < 1:
             raise ConfigError(f"{where}: steps must be >= 1")
+        problems = settings_problems(m.name, t_star=m.t_star, steps=m.steps, scale=m.scale)
+        if problems:
+            raise ConfigError(f"{where}: {problems[0]}")
         if (m.name.startswith("agdm") or m.name in ("aux", "diffpure+aux")) and not cfg.model.aux:
             raise ConfigError(f"{where}: AGDM needs model.aux (its auxiliary network; 'digits' for the embedded one)")
         if m.name not in ("none", "aux") and any(a.grad == "adjoint" for a in cfg.attacks):

@@ -10,12 +10,22 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 from ...attacks.adaptive import default_attacks, default_step_size
 from ..defences import traits
-from .config import AttackConfig, ConfigError, MethodConfig, SweepConfig, _build, apply_override, validate
+from .config import (
+    DEFAULT_SPLIT,
+    AttackConfig,
+    ConfigError,
+    MethodConfig,
+    SweepConfig,
+    _build,
+    apply_override,
+    validate,
+)
 
 FIELDS = ("kind", "loss", "steps", "eot", "step_size", "random_start", "variant", "weight", "kappa", "states",
           "cascade")
@@ -93,7 +103,10 @@ def resolve_defaults(cfg: SweepConfig, base: Path) -> SweepConfig:
         return "" if not p or p == "digits" else str((base / p).resolve()) if not os.path.isabs(p) else p
 
     d, m = cfg.data, cfg.model
-    d.path, d.labels, d.ids_file = fix(d.path), fix(d.labels), fix(d.ids_file)
+    d.path, d.labels, d.ids_file, d.class_map = fix(d.path), fix(d.labels), fix(d.ids_file), fix(d.class_map)
+    d.split = d.split or DEFAULT_SPLIT.get(d.dataset, "")
+    if d.dataset == "cifar100":
+        d.label_type = d.label_type or "fine"
     m.diffusion = "digits" if m.diffusion == "digits" else fix(m.diffusion)
     m.classifier = "digits" if m.classifier == "digits" else fix(m.classifier)
     m.aux = m.aux if m.aux in ("", "digits") else fix(m.aux)

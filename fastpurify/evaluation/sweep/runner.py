@@ -1,8 +1,8 @@
 """`fastpurify sweep CONFIG`: one rank's share of a sweep, from the config to its records.
 
-Order of work: validate the config, open the data and select the ids, load the models and build every defence,
-check that they fit the data — all before anything is written; then create (or check) the sweep directory,
-read the finished records, pass the start barrier (torchrun only), take this rank's unpadded slice of the pending
+Order of work: validate the config, then `preflight` (open the data and select the ids, decode one image, load the
+models, build every defence, check that they fit) — all before anything is written; then take this rank's lease on
+the directory (a concurrent run is refused), create (or check) the sweep directory, read the finished records, pass the start barrier (torchrun only), take this rank's unpadded slice of the pending
 (method, id) pairs and run it in batches, one fsync'ed group of record lines per batch.
 """
 
@@ -17,16 +17,16 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, SweepConfig, config_id
-from .data import open_dataset, select_ids
-from .build import applicable, attack_specs, build_defence, check_shapes, load_models, t_star_of
+from .build import attack_specs, t_star_of
+from .config import SweepConfig, config_id
 from .evaluate import PROTOCOL, evaluate_batch, protocol_config, run_seeds
+from .lease import Lease
+from .preflight import preflight
 from .records import RecordWriter, finished_pairs, read_shards, save_adv_batch
 from .shards import (
     batches,
     dist_env,
     ensure_sweep_dir,
-    manifest_lines,
     manifest_sha256,
     my_work,
     start_barrier,
@@ -93,8 +93,9 @@ def _images(defence, method: str, batch_ids: list[int], x, x_adv, grid_ids: set,
     return out
 
 
-def run_sweep(cfg: SweepConfig, env=None) -> dict:
-    """Run this rank's share; returns its summary (what its .done file holds)."""
+def run_sweep(cfg: SweepConfig, env=None, break_lease: bool = False) -> dict:
+    """Run this rank's share; returns its summary (what its .done file holds).  break_lease: take over a lease
+    held on another host (the user says that run is dead)."""
     env = env or dist_env()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -102,35 +103,35 @@ def run_sweep(cfg: SweepConfig, env=None) -> dict:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
         cfg.device = str(device)
-    # ---- everything that can fail on a bad config, before anything is written
-    data = open_dataset(cfg.data)
-    ids = select_ids(cfg.data, data)
-    labels = data.labels()
-    manifest_text = manifest_lines(ids, labels, data.source)
-    models = load_models(cfg)
-    sample = data.images(ids[:1])
-    check_shapes(models, sample, int(labels[ids].max()) + 1)
-    defences = {m.label: build_defence(m, models, cfg, sample.shape[-1]) for m in cfg.methods}
+    # ---- everything that can fail on a bad config, before anything is written (the same as `sweep check`)
+    plan = preflight(cfg)
+    for note in plan.notes:
+        _log(note)
     specs = attack_specs(cfg)
-    chosen = {m.label: set(m.attacks or [s.name for s in specs]) for m in cfg.methods}  # per-method lists
-    ensembles = {k: [s for s in specs if s.name in chosen[k] and applicable(s, d) is None] for k, d in defences.items()}
-    for k, d in defences.items():
-        for s in specs:
-            if s.name in chosen[k] and applicable(s, d) is not None:
-                _log(f"{k}: attack {s.name} left out: {applicable(s, d)}")
-        if not ensembles[k]:
-            raise ConfigError(f"method {k!r}: no attack of the ensemble applies to it")
     pcfg = protocol_config(cfg)
-    # ---- the sweep directory, the finished records, this rank's share
-    ensure_sweep_dir(cfg, manifest_text)
-    out, cid, msha = Path(cfg.out), config_id(cfg), manifest_sha256(ids)
+    # ---- the lease (no concurrent run), the sweep directory, the finished records, this rank's share
+    out, cid, msha = Path(cfg.out), config_id(cfg), manifest_sha256(plan.ids)
+    out.mkdir(parents=True, exist_ok=True)
+    lease = Lease(out, env.rank, env.world_size, break_lease=break_lease).acquire()
+    try:
+        return _run(cfg, env, device, plan, specs, pcfg, out, cid, msha, lease)
+    finally:
+        lease.release()
+
+
+def _run(cfg, env, device, plan, specs, pcfg, out, cid, msha, lease) -> dict:
+    data, ids, labels, models, defences, ensembles = (plan.data, plan.ids, plan.labels, plan.models, plan.defences,
+                                                      plan.ensembles)
+    ensure_sweep_dir(cfg, plan.manifest_text)
     done = finished_pairs(read_shards(out), cid)
     start_barrier(env, device.type)
     pairs = my_work(ids, list(defences), done, env)
     writer = RecordWriter(out, env.rank)
+    lease.set_attempt(writer.attempt)
     launch = {"rank": env.rank, "world_size": env.world_size, "attempt": writer.attempt, "torchrun": env.torchrun,
               "pending_pairs": len(pairs), "finished_before": len(done), "config": cfg.as_dict(),
-              "threads": torch.get_num_threads(), "started": time.time()}
+              "threads": torch.get_num_threads(), "started": time.time(), "host": lease.info["host"],
+              "pid": lease.info["pid"]}
     (out / "launches").mkdir(exist_ok=True)
     write_atomic(out / "launches" / f"r{env.rank}-a{writer.attempt}.json", json.dumps(launch, indent=2) + "\n")
     _log(f"sweep {cid} rank {env.rank}/{env.world_size} attempt {writer.attempt}: {len(pairs)} (method, image) "
