@@ -76,8 +76,18 @@ class Resolved:
 
     def as_dict(self) -> dict:
         d = asdict(self.preset)
-        d.update(preset=self.preset.name, t_star_steps=self.k, t_star_s=self.s_star, steps=self.steps, nfe=self.nfe)
+        d.update(preset=self.preset.name, t_star_steps=self.k, t_star_s=self.s_star, steps=self.steps, nfe=self.nfe,
+                 description=self.describe())
         return d
+
+    def describe(self) -> str:
+        """One line from the settings that ran (never the preset's fixed text, which names its own t*)."""
+        p = self.preset
+        how = {"vpsde": f"VP-SDE Euler–Maruyama (dt {p.dt:g})", "ddpm": f"DDPM ancestral, {p.variance} variance",
+               "ddim": f"DDIM η = {p.eta:g}"}.get(p.sampler, p.sampler)
+        steps = "native grid" if self.steps is None else f"{self.steps} steps ({p.respacing})"
+        return (f"{p.name}: {how}, t* = {self.k} steps of 1000 (s* = {self.s_star:g}), {steps}, "
+                f"{self.nfe} network calls")
 
 
 def resolve(preset: str | Preset, *, t_star=None, steps: int | None = None) -> Resolved:
@@ -131,6 +141,15 @@ register_preset(Preset("diffpure-imagenet", "vpsde", 0.15, clamp_output=False,
                        description="DiffPure ImageNet ℓ∞: ADM 256x256_diffusion_uncond.pt (fp16 torso upstream), "
                                    "VP-SDE EM dt 1e-3, t* = 0.15, 224→256→224 bilinear resize"))
 
+# CIFAR-100: no public DiffPure / AGDM checkpoint or setting exists for it, so these are the CIFAR-10 settings carried
+# over unchanged (same 32×32 images, same ℓ∞ 8/255 threat model), for a 32×32 diffusion model trained on CIFAR-100
+# (any load_diffusion kind; e.g. a DDPM `Model` or an ADM) — not values from a paper; tune t* on a validation split.
+register_preset(Preset("diffpure-cifar100", "vpsde", 0.1, clamp_output=False,
+                       description="DiffPure CIFAR-100 ℓ∞ (CIFAR-10's settings carried over): a 32×32 diffusion model "
+                                   "trained on CIFAR-100, VP-SDE EM dt 1e-3, t* = 0.1"))
+register_preset(Preset("cifar100-agdm", "ddpm", 70, variance="fixedlarge", clip_x0=True, clamp_output=True,
+                       description="AGDM on a CIFAR-100 DDPM (CIFAR-10's settings carried over: fixedlarge, t* = 70); "
+                                   "φ: an auxiliary network trained on CIFAR-100 (100 classes)"))
 
 # ---- guided and multi-round methods (docs/METHODS.md §5, §6, §8) ----
 # Sampler settings only: the guidance itself (AGDM's auxiliary network, GDMP's target) is built by

@@ -5,6 +5,7 @@ something else."""
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
 
 import numpy as np
@@ -112,3 +113,112 @@ def test_default_split_is_the_datasets_evaluation_split(tmp_path):
         cfg = resolve_defaults(SweepConfig(data=DataConfig(dataset=dataset)), base=tmp_path)
         assert cfg.data.split == split
     assert resolve_defaults(SweepConfig(data=DataConfig(dataset="cifar100")), base=tmp_path).data.label_type == "fine"
+
+
+# ------------------------------------------------------------------------------------------------ sweep check
+# Stand-ins: random weights at small widths, in the public files' layouts; the configuration a file does not hold
+# (the ADM head width) is given in [model], as a user would.
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+ADM_256 = dict(image_size=256, model_channels=32, num_res_blocks=1, attention_resolutions=(32, 16, 8),
+               channel_mult=(1, 1, 2, 2, 4, 4), num_head_channels=64)   # the public model's layout, 1/8 wide
+ADM_64 = dict(image_size=64, model_channels=32, num_res_blocks=1, attention_resolutions=(16,),
+              channel_mult=(1, 2, 3, 4), num_head_channels=32)
+
+
+@pytest.fixture(scope="module")
+def standins(tmp_path_factory):
+    import torch
+    import torchvision
+
+    from fastpurify.models.adm import ADMUNet
+    from fastpurify.models.classifiers import DMWideResNet
+    from fastpurify.models.ddpm_model import DDPMModel
+
+    d = tmp_path_factory.mktemp("standins")
+    torch.manual_seed(0)
+    torch.save(ADMUNet(**ADM_256).state_dict(), d / "adm256.pt")
+    torch.save(ADMUNet(**ADM_64).state_dict(), d / "adm64.pt")
+    torch.save(torchvision.models.resnet50().state_dict(), d / "resnet50.pth")
+    torch.save(DDPMModel(resolution=32, ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=1, attn_resolutions=(16,))
+               .state_dict(), d / "ddpm100.ckpt")
+    torch.save({"state_dict": DMWideResNet(depth=10, width=1, num_classes=100).state_dict()}, d / "c100.pt")
+    torch.save({"conv.weight": torch.zeros(3, 3, 3, 3)}, d / "unknown.pt")
+    _tree(d / "val", [CHIHUAHUA, RACER], n=1)
+    (d / "ids.txt").write_text(f"val/{RACER}/ILSVRC_0.JPEG\n{CHIHUAHUA}/ILSVRC_0.JPEG\n")
+    _cifar100(d / "cifar-100-python", n=500)
+    return d
+
+
+def _check(capsys, example, *sets):
+    from fastpurify.evaluation.sweep import main
+
+    args = ["check", str(ROOT / "examples" / example), "--set", 'out="/tmp/unused-sweep-out"']
+    for s in sets:
+        args += ["--set", s]
+    rc = main(args)
+    return rc, capsys.readouterr()
+
+
+def _imagenet(d, **over):
+    sets = {"data.path": d / "val", "data.ids_file": d / "ids.txt", "model.diffusion": d / "adm256.pt",
+            "model.classifier": d / "resnet50.pth", "device": "cpu", "dtype": "fp32"}  # CPU-only test machine
+    sets.update(over)
+    return [f"{k}={json.dumps(v if isinstance(v, (bool, int)) else str(v))}" for k, v in sets.items()]
+
+
+def test_each_example_config_passes_check_on_standins(standins, capsys):
+    d = standins
+    rc, out = _check(capsys, "sweep_imagenet.toml", *_imagenet(d))
+    assert rc == 0, out.err
+    assert "resized 224 → 256 → 224" in out.err and f"{CHIHUAHUA} → 151" in out.err and f"{RACER} → 751" in out.err
+    rc, out = _check(capsys, "sweep_cifar100.toml", f'data.path="{d / "cifar-100-python"}"',
+                     f'model.diffusion="{d / "ddpm100.ckpt"}"', f'model.classifier="{d / "c100.pt"}"')
+    assert rc == 0, out.err
+    assert "CIFAR-100 fine label" in out.err
+
+
+def _one_line_rc2(rc, out, *words):
+    lines = [s for s in out.err.splitlines() if s.startswith("fastpurify sweep: error:")]
+    assert rc == 2 and "Traceback" not in out.err + out.out and len(lines) == 1, out.err
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_a_smaller_diffusion_model_than_the_data_is_refused_unless_asked(standins, capsys):
+    d = standins
+    over = _imagenet(d, **{"model.diffusion": d / "adm64.pt", "model.diffusion_config.num_head_channels": 32})
+    rc, out = _check(capsys, "sweep_imagenet.toml", *over)
+    _one_line_rc2(rc, out, "64×64 model on 224×224 data", "model.allow_downsample = true")
+    rc, out = _check(capsys, "sweep_imagenet.toml", *over, "model.allow_downsample=true")
+    assert rc == 0, out.err
+
+
+def test_each_wrong_checkpoint_is_one_line_rc_2(standins, capsys):
+    d = standins
+    cases = [
+        ({"model.diffusion_config": "{}"}, ["num_head_channels is not in the checkpoint", "[model.diffusion_config]"]),
+        ({"model.classifier": d / "unknown.pt"}, ["model.classifier", "supported kinds: wrn, dm-wrn, resnet50"]),
+        ({"model.classifier": d / "adm256.pt"}, ["model.classifier", "'adm' diffusion model, not a classifier"]),
+        ({"model.diffusion": d / "resnet50.pth", "model.diffusion_kind": ""},
+         ["model.diffusion", "'resnet50' classifier, not a diffusion model"]),
+        ({"model.diffusion": d / "ddpm100.ckpt", "model.diffusion_kind": "ddpm", "model.diffusion_config": "{}"},
+         ["32×32 model on 224×224 data"]),  # a CIFAR-size model on ImageNet data
+    ]
+    for over, words in cases:
+        sets = [s for s in _imagenet(d, **over) if not s.startswith("model.diffusion_config=")]
+        if "model.diffusion_config" in over:  # the table itself replaced by an empty one
+            sets.append("model.diffusion_config={}")
+        rc, out = _check(capsys, "sweep_imagenet.toml", *sets)
+        _one_line_rc2(rc, out, *words)
+
+
+def test_adm_whose_image_size_cannot_be_inferred_names_the_config_table(standins, tmp_path, capsys):
+    import torch
+
+    from fastpurify.models.adm import ADMUNet
+
+    torch.save(ADMUNet(image_size=32, model_channels=32, num_res_blocks=1, attention_resolutions=(16,),
+                       channel_mult=(1, 2), num_head_channels=32).state_dict(), tmp_path / "adm32.pt")
+    over = _imagenet(standins, **{"model.diffusion": tmp_path / "adm32.pt"})
+    rc, out = _check(capsys, "sweep_imagenet.toml", *over)
+    _one_line_rc2(rc, out, "does not determine the image size", "[model.diffusion_config] image_size")

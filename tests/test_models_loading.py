@@ -168,7 +168,7 @@ def test_other_bad_inputs(files, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="without config.json"):
         load_diffusion(tmp_path / "empty")
-    with pytest.raises(CheckpointError, match="pass image_size="):
+    with pytest.raises(CheckpointError, match="give image_size"):
         load_diffusion(paths["adm"], num_head_channels=16)  # channel_mult (1, 2) fixes no image size
 
 
@@ -231,3 +231,40 @@ def test_numpy_metadata_loads_but_other_globals_are_named(tmp_path):
     torch.save({"state_dict": net.state_dict(), "args": argparse.Namespace(lr=0.1)}, tmp_path / "ns.pt")
     with pytest.raises(CheckpointError, match=r"needs the globals \['argparse.Namespace'\]"):
         load_classifier(tmp_path / "ns.pt")
+
+
+# ---------------------------------------------------------------------------------------------- said, not assumed
+@pytest.mark.parametrize("kind, norm", [("wrn", "none"), ("dm-wrn", "cifar100")])
+def test_100_class_robustbench_layouts_load_and_give_100_logits(tmp_path, kind, norm):
+    from fastpurify.models.classifiers import DMWideResNet, WideResNet
+
+    net = (WideResNet(depth=10, widen_factor=2, num_classes=100) if kind == "wrn"
+           else DMWideResNet(depth=10, width=2, num_classes=100, normalize="cifar100"))
+    torch.nn.init.normal_(net.fc.weight if kind == "wrn" else net.logits.weight)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "c100.pt")
+    clf = load_classifier(tmp_path / "c100.pt")
+    assert clf.meta["kind"] == kind and clf.meta["config"]["num_classes"] == 100 and clf.normalize == norm
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        out = clf(x)
+        assert out.shape == (2, 100) and torch.equal(out, net.eval()(x))
+
+
+def test_adm_head_width_not_in_the_file_is_named_as_assumed(files):
+    paths = files[2]
+    # TINY_ADM was built with 16-wide heads; the shapes are the same with 64, so it loads — with another attention
+    with pytest.warns(UserWarning, match="num_head_channels.*assumed 64"):
+        m = load_diffusion(paths["adm"], image_size=16)
+    assert m.meta["config"]["num_head_channels"] == 64 and "num_head_channels" in m.meta["assumed"]
+    m = load_diffusion(paths["adm"], image_size=16, num_head_channels=16)
+    assert m.meta["assumed"] == {}
+
+
+def test_wrong_kind_of_file_says_what_it_is_and_the_supported_kinds(files, tmp_path):
+    paths = files[2]
+    with pytest.raises(CheckpointError, match="'adm' diffusion model, not a classifier; supported kinds: wrn, "
+                                              "dm-wrn, resnet50"):
+        load_classifier(paths["adm"])
+    torch.save(tiny_classifier("wrn").state_dict(), tmp_path / "wrn.pt")
+    with pytest.raises(CheckpointError, match="'wrn' classifier, not a diffusion model; supported kinds: score_sde"):
+        load_diffusion(tmp_path / "wrn.pt")

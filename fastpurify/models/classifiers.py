@@ -5,7 +5,8 @@ input normalisation lives inside the model (docs/CONVENTIONS.md §1.1), as non-p
                    block{1,2,3}.layer.i.{bn1, conv1, bn2, conv2, convShortcut}, bn1, fc.  RobustBench 'Standard'
                    WRN-28-10 has no normalisation; DiffPure's WRN-70-16-dropout normalises with CIFAR-10 mean/std.
 - `DMWideResNet` — RobustBench `dm_wide_resnet.py` (DeepMind) layout: init_conv, layer.g.block.b.{batchnorm_0, conv_0,
-                   batchnorm_1, conv_1, shortcut}, batchnorm, logits; Swish; CIFAR-10 mean/std inside.
+                   batchnorm_1, conv_1, shortcut}, batchnorm, logits; Swish; CIFAR-10 (or, for 100 classes,
+                   CIFAR-100) mean/std inside.
 - `ImageNetResNet50` — torchvision resnet50 (keys unchanged) behind ImageNet mean/std (DiffPure `_Wrapper_ResNet`).
 Dropout is omitted: outputs never depend on train/eval mode (loaders return eval-mode, frozen models).
 """
@@ -17,8 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)  # RobustBench's CIFAR-100 DM models
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-NORMALIZATIONS = {"none": None, "cifar10": (CIFAR10_MEAN, CIFAR10_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
+NORMALIZATIONS = {"none": None, "cifar10": (CIFAR10_MEAN, CIFAR10_STD), "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
+                  "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
 
 
 class _Normalized(nn.Module):

@@ -445,7 +445,8 @@ def load_classifier(path, kind: str | None = None, *, normalize: str | None = No
     """Load a classifier state_dict into fastpurify's WRN / DM-WRN / ResNet-50 (eval mode, frozen, x ∈ [0, 1]).
 
     kind: None (detect) | 'wrn' (RobustBench/DiffPure WideResNet) | 'dm-wrn' (RobustBench DMWideResNet) |
-    'resnet50' (torchvision, ImageNet).  normalize: 'none' | 'cifar10' | 'imagenet'; default: dm-wrn → cifar10;
+    'resnet50' (torchvision, ImageNet).  normalize: 'none' | 'cifar10' | 'cifar100' | 'imagenet'; default: dm-wrn →
+    cifar10 (cifar100 with 100 classes);
     wrn → cifar10 for DiffPure's WRN-70-16(-dropout), none otherwise (RobustBench 'Standard'); resnet50 → imagenet.
     """
     path = Path(path)
@@ -477,9 +478,12 @@ def load_classifier(path, kind: str | None = None, *, normalize: str | None = No
         grp, head = ("layer.0.block", "logits") if dm else ("block1.layer", "fc")
         depth = 6 * _count(sd, rf"{re.escape(grp)}\.(\d+)\.") + 4
         width = sd[f"{grp}.0.conv_0.weight" if dm else f"{grp}.0.conv1.weight"].shape[0] // 16
-        default_norm = "cifar10" if dm or (depth, width) == (70, 16) else "none"
+        n_classes = sd[f"{head}.weight"].shape[0]
+        # RobustBench's DM models normalise with their dataset's statistics (CIFAR-100 for its 100-class ones)
+        default_norm = ("cifar100" if dm and n_classes == 100 else "cifar10" if dm or (depth, width) == (70, 16)
+                        else "none")
         cls = DMWideResNet if dm else WideResNet
-        cfg = dict(depth=depth, num_classes=sd[f"{head}.weight"].shape[0], normalize=normalize or default_norm,
+        cfg = dict(depth=depth, num_classes=n_classes, normalize=normalize or default_norm,
                    **({"width": width} if dm else {"widen_factor": width}))
     cfg.update(config)
     # Files saved before PyTorch 0.4.1 lack BatchNorm's num_batches_tracked (unused in eval); torch fills it too.

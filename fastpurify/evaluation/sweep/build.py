@@ -54,10 +54,14 @@ def _diffusion(m, cfg: SweepConfig, device, dtype):
         from ...zoo import digits
 
         return _embedded(digits().diffusion, dtype, device)
+    import warnings
+
     from ...models import load_diffusion
 
-    return load_diffusion(m.diffusion, m.diffusion_kind or None, device=device,
-                          dtype=None if cfg.dtype == "fp32" else cfg.dtype, **m.diffusion_config)
+    with warnings.catch_warnings():  # what the loader assumed becomes a problem line (load_models), not a warning
+        warnings.simplefilter("ignore", UserWarning)
+        return load_diffusion(m.diffusion, m.diffusion_kind or None, device=device,
+                              dtype=None if cfg.dtype == "fp32" else cfg.dtype, **m.diffusion_config)
 
 
 def _classifier(path: str, kind: str, m, device, dtype, config: dict):
