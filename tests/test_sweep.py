@@ -362,13 +362,25 @@ def test_incomplete_report_needs_partial_and_is_marked(tmp_path):
     assert (Path(cfg.out) / "report" / "report.md").read_text().startswith("# PARTIAL")
 
 
-def test_duplicates_identical_are_kept_once_differing_are_an_error(tmp_path):
+def test_duplicates_are_counted_and_named_never_merged_silently(tmp_path, capsys):
+    """Identical duplicates (two runs on one directory): the report uses the first record of each but names every
+    pair with its records, says so at the top of report.md, and `sweep report` exits non-zero; differing ones stop
+    the report."""
+    from fastpurify.evaluation.sweep import main
+
     pairs = [(m, i) for m in ("none", "diffpure") for i in range(6)]
     cfg = _fake_sweep(tmp_path, write={0: pairs, 1: pairs[:3]})
     mg = merge(cfg.out)
     assert mg.complete and mg.duplicates["none"] == [0, 1, 2]
     rep = write_report(cfg.out)
-    assert rep["results"][0]["n_examples"] == 6
+    assert rep["results"][0]["n_examples"] == 6 and rep["completeness"]["none"]["duplicates"] == 3
+    assert rep["duplicates"][0] == {"method": "none", "sample_id": 0,
+                                    "records": ["shard-r0-a0.jsonl:1", "shard-r1-a0.jsonl:1"]}
+    md = (Path(cfg.out) / "report" / "report.md").read_text()
+    assert "**DUPLICATES: 3 (method, image) pairs" in md.split("| method")[0]
+    assert "- none image 2: shard-r0-a0.jsonl:3, shard-r1-a0.jsonl:3" in md
+    assert main(["report", cfg.out]) == 1 and "recorded more than once" in capsys.readouterr().err
+    assert "DUPLICATES none: 3 ids" in status(cfg.out)
     # A second record of (none, 4) with another outcome: a conflict, the report stops and names both lines.
     w = RecordWriter(cfg.out, 5)
     first = merge(cfg.out).rows["none"][4]

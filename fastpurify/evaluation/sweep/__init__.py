@@ -114,4 +114,8 @@ def _report(argv) -> int:
     print((dest / "report.md").read_text(), end="")
     print(f"wrote {dest / 'report.json'}, {dest / 'report.md'}"
           + "".join(f", {dest / f}" for f in rep["plots"].values()), file=sys.stderr)
+    if rep["duplicates"]:
+        print(f"fastpurify sweep report: {len(rep['duplicates'])} (method, image) pairs recorded more than once "
+              "(two runs wrote into this directory); see DUPLICATES in report.md", file=sys.stderr)
+        return 1
     return 0

@@ -92,12 +92,14 @@ class Dataset:
 
 
 class DigitsData(Dataset):
+    LABEL_RULE = "the digit (0-9) of the embedded scikit-learn split"
+
     def __init__(self, split: str):
         from ...zoo.embedded import load_split
 
         self.x, self.y = load_split(split)
         self.name, self.size = f"digits/{split}", len(self.y)
-        self.n_classes, self.label_rule = 10, "the digit (0-9) of the embedded scikit-learn split"
+        self.n_classes, self.label_rule = 10, self.LABEL_RULE
 
     def labels(self):
         return self.y.numpy()
@@ -134,6 +136,15 @@ class ArrayData(Dataset):
         return t.contiguous()
 
 
+CIFAR10_RULE = "CIFAR-10 class index (b'labels' of the batches)"
+IMAGENET_RULE = ("ImageNet-1k class index of the folder's WordNet id (imagenet_synsets.txt order), whichever "
+                 "folders are present")
+
+
+def cifar100_rule(label_type: str) -> str:
+    return f"CIFAR-100 {label_type} label (b'{label_type}_labels', {100 if label_type == 'fine' else 20} classes)"
+
+
 def cifar10(path: str, split: str, labels: str = "") -> ArrayData:
     p = Path(path)
     if p.suffix == ".npy":
@@ -145,7 +156,7 @@ def cifar10(path: str, split: str, labels: str = "") -> ArrayData:
         raise ConfigError(f"data.path {p}: missing CIFAR-10 batch file(s) {', '.join(missing)}")
     parts = [read_cifar_batch(p / f) for f in files]
     return ArrayData(f"cifar10/{split}", np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts]),
-                     10, "CIFAR-10 class index (b'labels' of the batches)")
+                     10, CIFAR10_RULE)
 
 
 def cifar100(path: str, split: str, labels: str = "", label_type: str = "fine") -> ArrayData:
@@ -158,8 +169,7 @@ def cifar100(path: str, split: str, labels: str = "", label_type: str = "fine") 
     if not (p / split).is_file():
         raise ConfigError(f"data.path {p}: no cifar-100-python file {split!r} (expected {p / split})")
     x, y = read_cifar_batch(p / split, f"{label_type}_labels")
-    return ArrayData(f"cifar100/{split}", x, y, n, f"CIFAR-100 {label_type} label (b'{label_type}_labels', {n} "
-                     "classes)")
+    return ArrayData(f"cifar100/{split}", x, y, n, cifar100_rule(label_type))
 
 
 def imagenet_synsets() -> list[str]:
@@ -205,8 +215,7 @@ class ImageFolderData(Dataset):
         else:
             index = {w: k for k, w in enumerate(imagenet_synsets())}
             self.n_classes = 1000
-            self.label_rule = ("ImageNet-1k class index of the folder's WordNet id (imagenet_synsets.txt order), "
-                               "whichever folders are present")
+            self.label_rule = IMAGENET_RULE
             where = "the ImageNet-1k synsets (give data.class_map for other folders)"
         unknown = [c for c in classes if c not in index]
         if unknown:
@@ -241,6 +250,22 @@ class ImageFolderData(Dataset):
         if key not in self._index:
             raise ConfigError(f"data.ids_file: {line!r} is not an image of {self.root}")
         return self._index[key]
+
+
+def label_rule(d: dict) -> str:
+    """How the labels of a stored [data] config were assigned (for report.json; the datasets set the same text)."""
+    npy = str(d.get("path", "")).endswith(".npy")
+    if d["dataset"] == "digits":
+        return DigitsData.LABEL_RULE
+    if npy:
+        return f"the labels file {Path(d['labels']).name} as given" + (
+            f", taken as {d.get('label_type') or 'fine'} labels" if d["dataset"] == "cifar100" else "")
+    if d["dataset"] == "cifar10":
+        return CIFAR10_RULE
+    if d["dataset"] == "cifar100":
+        return cifar100_rule(d.get("label_type") or "fine")
+    return (f"the class map {Path(d['class_map']).name} (folder → index)" if d.get("class_map")
+            else IMAGENET_RULE)
 
 
 def open_dataset(d: DataConfig) -> Dataset:

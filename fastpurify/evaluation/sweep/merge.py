@@ -1,8 +1,11 @@
 """Merge the records of a sweep directory with a completeness check (docs/CONVENTIONS.md §3.6), and `sweep status`.
 
 Merge: parse every shard (complete lines only), keep the records of this directory's config id, group by
-(method, sample id), resolve duplicates (identical outcomes → keep the first in (rank, attempt, line) order;
-different → a conflict, which stops the report), and compare the ids with the manifest (missing / unexpected).
+(method, sample id) and compare the ids with the manifest (missing / unexpected).  A (method, sample) recorded more
+than once is a duplicate — two runs wrote into one directory, which the leases exist to prevent — and is named with
+every record's place, never merged silently: with identical outcomes the report is written from the first record
+(in (rank, attempt, line) order) and says so prominently, and `sweep report` exits non-zero; with different outcomes
+it is a conflict, which stops the report.  `sweep status` tells a live attempt from a dead one by its lease.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .lease import lease_state, read_leases
 from .records import ShardFile, read_shards, same_outcome
 from .shards import read_manifest, read_stored_config
 
@@ -25,8 +29,9 @@ class Merged:
     rows: dict[str, dict[int, dict]]  # method → sample id → record
     missing: dict[str, list[int]]
     unexpected: dict[str, list[int]]
-    duplicates: dict[str, list[int]]  # identical duplicates, resolved
+    duplicates: dict[str, list[int]]  # identical duplicates (first kept, reported)
     conflicts: list[dict]             # differing duplicates
+    dup_where: dict = field(default_factory=dict)  # (method, id) → every record's 'shard:line'
     shards: list[ShardFile] = field(default_factory=list)
     foreign: int = 0                  # records of another config id (ignored)
 
@@ -53,7 +58,7 @@ def merge(out) -> Merged:
     where: dict[tuple[str, int], str] = {}
     dups: dict[str, set[int]] = {m: set() for m in methods}
     unexpected: dict[str, set[int]] = {}
-    conflicts, foreign = [], 0
+    conflicts, foreign, dup_where = [], 0, {}
     manifest_ids = {e["sample_id"] for e in manifest}
     for s in shards:
         for n, rec in enumerate(s.records):
@@ -69,11 +74,12 @@ def merge(out) -> Merged:
                 rows[m][i], where[(m, i)] = rec, here
             elif same_outcome(rows[m][i], rec):
                 dups[m].add(i)
+                dup_where.setdefault((m, i), [where[(m, i)]]).append(here)
             else:
                 conflicts.append({"method": m, "sample_id": i, "first": where[(m, i)], "other": here})
     missing = {m: [i for i in (e["sample_id"] for e in manifest) if i not in rows[m]] for m in methods}
     return Merged(out, stored, manifest, methods, rows, missing, {m: sorted(v) for m, v in unexpected.items()},
-                  {m: sorted(v) for m, v in dups.items()}, conflicts, shards, foreign)
+                  {m: sorted(v) for m, v in dups.items()}, conflicts, dup_where, shards, foreign)
 
 
 def _ids_text(ids: list[int], limit: int = 20) -> str:
@@ -87,8 +93,8 @@ def completeness_text(mg: Merged) -> str:
         if mg.missing[m]:
             lines.append(f"  {m}: {len(mg.missing[m])} of {len(mg.manifest)} missing: {_ids_text(mg.missing[m])}")
         if mg.duplicates[m]:
-            lines.append(f"  {m}: {len(mg.duplicates[m])} ids recorded more than once with identical outcomes "
-                         f"(one kept): {_ids_text(mg.duplicates[m])}")
+            lines.append(f"  DUPLICATES {m}: {len(mg.duplicates[m])} ids recorded more than once (identical "
+                         f"outcomes; two runs wrote into this directory): {_ids_text(mg.duplicates[m])}")
     for m, ids in mg.unexpected.items():
         lines.append(f"  {m}: {len(ids)} records not in the manifest / config: {_ids_text(ids)}")
     for c in mg.conflicts[:20]:
@@ -103,8 +109,24 @@ def completeness_text(mg: Merged) -> str:
     return "\n".join(lines)
 
 
+def attempt_state(s: ShardFile, leases: dict[int, dict], now: float) -> tuple[str, bool]:
+    """(what an attempt is doing, whether it is running) from its .done file and its rank's lease."""
+    if s.done is not None:
+        return "done", False
+    lease = leases.get(s.rank)
+    if lease is None or lease.get("attempt") != s.attempt:
+        return "DEAD: ended without finishing (killed or failed; no lease of this attempt left)", False
+    state, why = lease_state(lease, now)
+    if state == "stale":
+        return f"DEAD: {why}", False
+    if state == "live":
+        return f"running ({why})", True
+    return f"unknown: {why}", True  # another host: its heartbeat is all there is to go by
+
+
 def status(out) -> str:
-    """Done / pending per method and progress per rank (records, rate, ETA) of a sweep directory."""
+    """Done / pending per method and progress per attempt (records, rate, ETA, live or dead) of a sweep
+    directory."""
     mg = merge(out)
     n = len(mg.manifest)
     lines = [f"sweep {mg.out}  config {mg.config_id}  {n} images × {len(mg.methods)} methods",
@@ -115,23 +137,19 @@ def status(out) -> str:
     lines.append(f"{'all':24s} {total_done:7d} {n * len(mg.methods) - total_done:8d}"
                  + ("  (COMPLETE)" if mg.complete else ""))
     lines.append(f"{'rank/attempt':14s} {'records':>8s} {'of':>6s} {'img/s':>8s} {'ETA':>9s}  state")
-    now = time.time()
+    now, leases = time.time(), read_leases(out)
     for s in mg.shards:
         launch = Path(out) / "launches" / f"r{s.rank}-a{s.attempt}.json"
         info = json.loads(launch.read_text()) if launch.is_file() else {}
         todo, started = info.get("pending_pairs"), info.get("started")
         last = max((r.get("timestamp", 0) for r in s.records), default=None)
         rate = len(s.records) / max(1e-9, (last - started)) if last and started and s.records else None
-        if s.done is not None:
-            state = "done"
-        elif last is not None and now - last > 3600:
-            state = "stalled or killed (no record for > 1 h)"
-        else:
-            state = "running, or killed"
+        state, running = attempt_state(s, leases, now)
         if s.partial_tail:
             state += "; partial last line (crash, or being written)"
-        eta = (f"{(todo - len(s.records)) / rate:8.0f}s" if rate and todo is not None and s.done is None else "-")
+        eta = f"{(todo - len(s.records)) / rate:8.0f}s" if rate and todo is not None and running else "-"
         lines.append(f"r{s.rank}/a{s.attempt:<11d} {len(s.records):8d} {todo if todo is not None else '?':>6} "
                      f"{rate if rate is None else round(rate, 2)!s:>8s} {eta:>9s}  {state}")
     problems = completeness_text(mg)
-    return "\n".join(lines) + ("\n" + problems if problems and mg.conflicts else "")
+    dup = any(mg.duplicates.values())
+    return "\n".join(lines) + ("\n" + problems if problems and (mg.conflicts or dup) else "")

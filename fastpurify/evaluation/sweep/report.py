@@ -24,6 +24,7 @@ from ..checks import masking_checks
 from ..defences import traits
 from ..protocol import ProtocolConfig
 from ..stats import summarize, wilson_ci
+from .data import label_rule
 from .merge import Merged, completeness_text, merge
 from .records import read_batches
 from .shards import manifest_sha256
@@ -70,8 +71,8 @@ def _large_eps(recs: list[dict], cfg: dict) -> dict | None:
             "majority": s["majority"]}
 
 
-def _checks(mc: dict, cfg: dict, attacks: dict, stats: dict, large: dict | None) -> list[dict]:
-    """The protocol's masking checks over the whole sweep of one method."""
+def _checks(mc: dict, cfg: dict, attacks: dict, stats: dict, large: dict | None, recs: list[dict]) -> list[dict]:
+    """The protocol's masking checks over the whole sweep of one method (paired checks from the records)."""
     specs = [AttackSpec(a["name"], kind=a["kind"], loss=a["loss"], steps=a["steps"], eot=a["eot"],
                         step_size=a["step_size"], random_start=a["random_start"], grad=a["grad"],
                         variant=a["variant"] or None, weight=a["weight"], kappa=a["kappa"], states=a["states"],
@@ -81,7 +82,8 @@ def _checks(mc: dict, cfg: dict, attacks: dict, stats: dict, large: dict | None)
     ran = {r["attack"] for r in rows}
     defence = traits(mc["name"])
     pcfg = ProtocolConfig(eps=cfg["eps"], norm=cfg["norm"], n_reevals=cfg["n_reevals"])
-    checks = masking_checks(defence, specs, rows, {k: stats[k] for k in ran}, large, pcfg) if specs else []
+    checks = (masking_checks(defence, specs, rows, {k: stats[k] for k in ran}, large, pcfg, records=recs)
+              if specs else [])
     if defence.randomized and large is None:
         checks.append({"name": "large_eps_near_zero", "passed": None, "value": None, "threshold": pcfg.near_zero,
                        "detail": "not run (large_eps = 0 in the config)"})
@@ -125,7 +127,7 @@ def method_result(mg: Merged, method: str, partial: bool, batches: list[dict]) -
     n = len(recs)
     wall = sum(r["wall_s"] for r in recs)
     large = _large_eps(recs, cfg)
-    checks = _checks(mc, cfg, attacks, stats, large)
+    checks = _checks(mc, cfg, attacks, stats, large, recs)
     failed = [c["name"] for c in checks if c["passed"] is False]
     names = " + ".join(f"{k} ({a['kind']} {a['steps']} steps × EOT {a['eot']}, {a['loss']}, grad {a['grad_mode']})"
                        for k, a in attacks.items())
@@ -175,13 +177,16 @@ def build_report(mg: Merged, partial: bool) -> dict:
     return {
         "status": "PARTIAL" if partial else "COMPLETE", "partial": partial,
         "config_id": mg.config_id, "manifest_sha256": manifest_sha256(mg.ids), "n_manifest": len(mg.manifest),
-        "dataset": cfg["data"], "model": cfg["model"],
+        "dataset": cfg["data"], "model": cfg["model"], "label_rule": label_rule(cfg["data"]),
         "threat_model": {"norm": cfg["norm"], "eps": cfg["eps"], "scale": "[0, 1]",
                          "white_box": "purifier weights, sampler and noise model known to the attacker"},
         "ensemble": {"name": cfg["ensemble"], "attacks": cfg["attacks"]},
         "n_reevals": cfg["n_reevals"], "seed": cfg["seed"],
-        "completeness": {m: {"done": len(mg.rows[m]), "missing": mg.missing[m], "duplicates_resolved":
+        "completeness": {m: {"done": len(mg.rows[m]), "missing": mg.missing[m], "duplicates":
                              len(mg.duplicates[m])} for m in mg.methods},
+        # every (method, sample) recorded more than once, with each record's place: never merged silently
+        "duplicates": [{"method": m, "sample_id": i, "records": where} for (m, i), where in
+                       sorted(mg.dup_where.items(), key=lambda kv: (mg.methods.index(kv[0][0]), kv[0][1]))],
         "results": [method_result(mg, m, partial, batches) for m in mg.methods],
     }
 
@@ -199,6 +204,15 @@ def markdown(report: dict) -> str:
     lines = [f"# {title}Sweep {report['config_id']}", "", summary, ""]
     if partial:
         lines += ["**PARTIAL: computed on an incomplete sweep; not a final result.**", ""]
+    dups = report.get("duplicates") or []
+    if dups:
+        lines += [f"**DUPLICATES: {len(dups)} (method, image) pairs were recorded more than once — two runs wrote "
+                  "into this directory. Their outcomes agree and the first record of each is used; check how this "
+                  "happened before trusting the run. The pairs (records):**", ""]
+        lines += [f"- {d['method']} image {d['sample_id']}: {', '.join(d['records'])}" for d in dups[:50]]
+        lines += [f"- … {len(dups) - 50} more in report.json"] if len(dups) > 50 else []
+        lines += [""]
+    lines += [f"Labels: {report['label_rule']}", ""] if report.get("label_rule") else []
     attack_names = [a["name"] for a in report["ensemble"]["attacks"]]
     head = ["method", "n", "clean", "robust (mean)", "95 % CI", "worst", "majority", *attack_names, "t*", "NFE",
             "s/img"]
