@@ -220,6 +220,12 @@ def run_compare(out: Path, *, n: int = 64, eps: float = 0.15, steps: int = 20, e
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}; known: {', '.join(METHODS)}")
+    from .sweep.config import settings_problems  # the validation `sweep check` and `sweep` run, before any work
+
+    problems = [p for m in methods for p in settings_problems(m, **dict(zip(("settings", "t_star"),
+                                                                              default_settings(m, paper_settings))))]
+    if problems:
+        raise ValueError("; ".join(problems))
     t_start = time.time()
     models, aux = digits(), digits_aux()
     cache = out / "cache"
