@@ -406,3 +406,41 @@ def test_cli_errors_before_work_and_report_exit_codes(tmp_path, capsys):
     assert "diffpure: 6 of 6 missing" in capsys.readouterr().err
     assert main(["sweep", "report", cfg.out, "--partial"]) == 0
     assert capsys.readouterr().out.startswith("# PARTIAL — Sweep")
+
+
+def test_settings_the_build_rejects_fail_before_any_work_in_sweep_check_sweep_and_compare(tmp_path, capsys,
+                                                                                         monkeypatch):
+    """One validation (settings_problems): sampler steps beyond t* fail as one line, rc 2, at `sweep check` and
+    `sweep` (no traceback, nothing written), and `compare` raises before loading a model."""
+    from fastpurify.evaluation import compare
+    from fastpurify.evaluation.sweep import main
+
+    bad = ["--set", f"out={json.dumps(str(tmp_path / 'out'))}", "--set", 'methods=[{name="ddim", t_star=5, steps=10}]']
+    for cmd in (["check"], []):
+        assert main([*cmd, str(EXAMPLE), *bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and "steps = 10 exceeds t* = 5" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setitem(compare.BUDGET, "agdm", ({**compare.DIGITS["agdm"], "steps": 50}, 20))
+    monkeypatch.setattr("fastpurify.zoo.digits", lambda: pytest.fail("a model was loaded before validation"))
+    with pytest.raises(ValueError, match="agdm: steps = 50 exceeds t\\* = 20"):
+        compare.run_compare(tmp_path / "cmp", methods=("agdm",))
+
+
+def test_resize_wraps_the_attack_side_variants_too(tmp_path):
+    """Data of another size than the diffusion model's: the defence's purifier and its attack-side variants (AGDM's
+    'detach') are resized alike, so a variant attack purifies the same images as the defence."""
+    import torch
+
+    from fastpurify.evaluation.sweep.build import Models, build_defence
+    from fastpurify.methods import ResizePurifier
+    from fastpurify.zoo import digits, digits_aux
+
+    z = digits()
+    models = Models(z.diffusion, z.classifier, digits_aux(), torch.float32, torch.device("cpu"))
+    cfg = _cfg(tmp_path, 'model.aux="digits"', 'methods=[{name="agdm", t_star=5}]')
+    d = build_defence(cfg.methods[0], models, cfg, image_size=12)
+    assert isinstance(d.purifier, ResizePurifier) and set(d.variants) == {"detach"}
+    assert all(isinstance(v, ResizePurifier) and v.size == 16 for v in d.variants.values())
+    x = torch.rand(1, 1, 12, 12)
+    assert d.variants["detach"](x, seed=torch.tensor([0])).shape == (1, 1, 12, 12)

@@ -360,9 +360,35 @@ def _check_model(m: ModelConfig, cfg: SweepConfig) -> None:
             raise ConfigError(f"model.{name}_config describes a checkpoint file; the embedded digits model has none")
 
 
+def settings_problems(name: str, *, settings: dict | None = None, t_star=None, steps: int | None = None,
+                      scale: float | None = None) -> list[str]:
+    """Why the build of method `name` (a baseline, a `fastpurify.methods` name or a preset) with these settings
+    would fail, as messages; [] when it resolves.  Needs no model."""
+    from ...methods import DIGITS, with_scale
+    from ...presets import resolve
+
+    if name in ("none", "aux"):
+        return []
+    base = name.removesuffix("+aux")
+    try:
+        if scale is not None:
+            settings = with_scale(base, scale)
+        if settings is None and base in DIGITS:
+            settings = DIGITS[base]
+        if settings is None:  # a preset, with the sweep's own steps
+            resolve(name, t_star=t_star, steps=steps)
+        elif "rounds_t" in settings:  # multi-round: DDPM rounds at their own t*
+            for k in settings["rounds_t"]:
+                resolve("ddpm", t_star=k, steps=settings.get("steps"))
+        else:
+            resolve(settings.get("preset", base), t_star=t_star, steps=settings.get("steps", steps))
+    except (TypeError, ValueError, KeyError) as e:
+        return [f"{name}: {e}"]
+    return []
+
+
 def _check_methods(cfg: SweepConfig) -> None:
     from ...presets import get_preset
-    from .preflight import settings_problems
 
     if not cfg.methods:
         raise ConfigError("methods: give at least one [[methods]] entry")

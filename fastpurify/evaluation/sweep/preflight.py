@@ -1,6 +1,6 @@
 """Validation before any work: what `fastpurify sweep check`, `fastpurify sweep` and `fastpurify compare` share.
 
-`settings_problems` resolves a method's sampler settings the way the build will (every round's preset with its
+`settings_problems` (config.py, re-exported here) resolves a method's sampler settings the way the build will (every round's preset with its
 t* and steps) without any model, so a setting the build would reject (sampler steps beyond t*, a DDIM preset
 without steps, a guidance scale on a method without guidance) is named before anything runs.  `preflight` goes on
 to do everything the run does before its first batch — open the data, select the ids, decode one image, load both
@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .config import ConfigError, SweepConfig
+from .config import ConfigError, SweepConfig, settings_problems
+
+__all__ = ["Plan", "PreflightError", "preflight", "settings_problems"]
 
 
 class PreflightError(ConfigError):
@@ -23,33 +25,6 @@ class PreflightError(ConfigError):
     def __init__(self, problems: list[str]):
         self.problems = [" ".join(str(p).split()) for p in problems]  # one line each
         super().__init__("\n".join(self.problems))
-
-
-def settings_problems(name: str, *, settings: dict | None = None, t_star=None, steps: int | None = None,
-                      scale: float | None = None) -> list[str]:
-    """Why the build of method `name` (a baseline, a `fastpurify.methods` name or a preset) with these settings
-    would fail, as messages; [] when it resolves.  Needs no model."""
-    from ...methods import DIGITS, with_scale
-    from ...presets import resolve
-
-    if name in ("none", "aux"):
-        return []
-    base = name.removesuffix("+aux")
-    try:
-        if scale is not None:
-            settings = with_scale(base, scale)
-        if settings is None and base in DIGITS:
-            settings = DIGITS[base]
-        if settings is None:  # a preset, with the sweep's own steps
-            resolve(name, t_star=t_star, steps=steps)
-        elif "rounds_t" in settings:  # multi-round: DDPM rounds at their own t*
-            for k in settings["rounds_t"]:
-                resolve("ddpm", t_star=k, steps=settings.get("steps"))
-        else:
-            resolve(settings.get("preset", base), t_star=t_star, steps=settings.get("steps", steps))
-    except (TypeError, ValueError, KeyError) as e:
-        return [f"{name}: {e}"]
-    return []
 
 
 @dataclass
