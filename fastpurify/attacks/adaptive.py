@@ -8,6 +8,7 @@ implementations; arXiv 2411.16598):
 | kind           | gradient of                                                           | exact white-box? |
 |----------------|-----------------------------------------------------------------------|------------------|
 | 'pgd'          | loss(f(P(x))) through the purifier in grad mode `grad` (full, adjoint, bpda, …), or through a variant | grad 'full'/'autograd' on P itself |
+| 'apgd'         | the same loss and gradient as 'pgd', optimised by APGD (attacks/apgd.py: step-size schedule, momentum) | as 'pgd' |
 | 'per_step'     | the loss summed over intermediate states of P (DiffAttack-style) plus the output | yes |
 | 'joint'        | loss(f(P(x))) + w·min(margin_φ(x), κ): the classifier and the auxiliary decision together | yes |
 | 'forward_only' | loss(f(x + c·z)): the forward diffusion's noise only, reverse process skipped (c = √(1−ᾱ)/(2√ᾱ)) | no (transfer) |
@@ -30,10 +31,12 @@ from torch import nn
 
 from .. import ops
 from ..ops import FORWARD
+from .apgd import apgd_eot
 from .losses import get_loss, true_class_margin
 from .pgd import PGDConfig, pgd_eot
 
-KINDS = ("pgd", "per_step", "joint", "forward_only", "blind", "aux")
+KINDS = ("pgd", "apgd", "per_step", "joint", "forward_only", "blind", "aux")
+PIPELINE_KINDS = ("pgd", "apgd")  # white-box attacks on loss(f(P(x))) itself: the masking checks' reference
 
 
 def default_step_size(eps: float) -> float:
@@ -58,6 +61,13 @@ class Defence:
     aux: nn.Module | None = None
     variants: dict = field(default_factory=dict)
     robust_classifier: bool = False
+
+    def __post_init__(self):
+        # evaluation mode for every network of the defence (dropout / batch-norm statistics off), set here rather
+        # than trusted to the caller
+        for m in (self.classifier, self.purifier, self.aux, *self.variants.values()):
+            if isinstance(m, nn.Module):
+                m.eval()
 
     @property
     def randomized(self) -> bool:
@@ -120,8 +130,9 @@ class AttackSpec:
     grad: the purifier's gradient mode for 'pgd' ('full' = exact; 'bpda', 'adjoint', 'surrogate' are weaker or
     approximate); variant: an attack-side purifier of the defence ('pgd' only).  weight, kappa: the auxiliary term
     of 'joint'.  states: intermediate states used by 'per_step' (evenly spaced, plus the output).
-    cascade: attack only the samples no earlier attack has broken yet on every selection draw (saves the cost of
-    expensive attacks; the attack's own row then covers those samples only).
+    cascade: run after every non-cascaded attack, on every sample except those already at the floor — the chosen
+    candidate wrong on every selection *and* every report draw (nothing left to lower; see the protocol); the
+    attack's own row then covers the samples it ran on.
     """
 
     name: str
@@ -149,8 +160,14 @@ class AttackSpec:
 
     @property
     def exact(self) -> bool:
-        """An exact-gradient white-box attack on the real pipeline (what the masking checks compare against)."""
-        return self.kind in ("pgd", "per_step", "joint") and self.grad in ("full", "autograd") and self.variant is None
+        """An exact-gradient white-box attack on the real pipeline (its loss may add terms: 'per_step', 'joint')."""
+        return self.kind in ("pgd", "apgd", "per_step", "joint") and self.grad in ("full", "autograd") and \
+            self.variant is None
+
+    @property
+    def reference(self) -> bool:
+        """Exact PGD/APGD on loss(f(P(x))) alone: what the masking checks compare every other attack with."""
+        return self.exact and self.kind in PIPELINE_KINDS
 
     @property
     def transfer(self) -> bool:
@@ -178,7 +195,7 @@ def objective_for(defence: Defence, spec: AttackSpec):
     if spec.kind in ("per_step", "joint", "forward_only") and defence.purifier is None:
         raise ValueError(f"attack {spec.name!r} ({spec.kind}) needs a purifier")
 
-    if spec.kind == "pgd":
+    if spec.kind in PIPELINE_KINDS:
         def objective(x, seeds, y):
             logits = defence.logits(x, seeds, grad=spec.grad, variant=spec.variant)
             return loss_fn(logits, y), logits
@@ -237,9 +254,12 @@ def run_attack(defence: Defence, spec: AttackSpec, x: torch.Tensor, y: torch.Ten
     seed = spec.seed_for(run_seed)
     stats: dict = {}
     t0 = time.perf_counter()
-    x_adv = pgd_eot(None, x, y, ids, cfg, run_seed=seed, objective=objective_for(defence, spec),
-                    progress=progress, stats=stats)
-    uses_purifier = spec.kind in ("pgd", "per_step", "joint")
+    if spec.kind == "apgd":
+        x_adv = apgd_eot(objective_for(defence, spec), x, y, ids, cfg, run_seed=seed, progress=progress, stats=stats)
+    else:
+        x_adv = pgd_eot(None, x, y, ids, cfg, run_seed=seed, objective=objective_for(defence, spec),
+                        progress=progress, stats=stats)
+    uses_purifier = spec.kind in ("pgd", "apgd", "per_step", "joint")
     # forward NFE per image: one purification per EOT draw and step (+ the final best-iterate evaluation);
     # 'full' recomputes every step once more in the backward pass.
     draws = cfg.eot * (cfg.steps + (1 if cfg.best_iterate else 0))
@@ -252,7 +272,8 @@ def default_attacks(defence: Defence, *, steps: int = 20, eot: int = 4, transfer
                     extended: bool = False) -> list[AttackSpec]:
     """The attack list the protocol runs by default (docs/EVALUATION.md rules 1, 3, 4).
 
-    Every defence: PGD with exact gradients and CE (random start), a margin-loss restart.  A randomised defence
+    Every defence: PGD with exact gradients and CE (random start), APGD with CE and with DLR (our APGD-EOT:
+    a candidate for every sample), a margin-loss restart.  A randomised defence
     adds BPDA (the weaker attack: a masking check), the classifier alone ('blind') and the forward noise alone
     ('forward_only') as transfer attacks.  A defence with an auxiliary network adds attacks on it alone (CE and
     margin, transferred), the joint loss with exact gradients, and every purifier variant it declares (e.g.
@@ -262,8 +283,12 @@ def default_attacks(defence: Defence, *, steps: int = 20, eot: int = 4, transfer
     det_steps = max(steps, 50)
     if not defence.randomized:
         return [AttackSpec("pgd-ce", steps=det_steps, eot=1),
+                AttackSpec("apgd-ce", kind="apgd", steps=det_steps, eot=1),
+                AttackSpec("apgd-dlr", kind="apgd", loss="dlr", steps=det_steps, eot=1),
                 AttackSpec("pgd-margin", loss="margin", steps=det_steps, eot=1)]
     attacks = [AttackSpec("pgd-ce", steps=steps, eot=eot),
+               AttackSpec("apgd-ce", kind="apgd", steps=steps, eot=eot),
+               AttackSpec("apgd-dlr", kind="apgd", loss="dlr", steps=steps, eot=eot),
                AttackSpec("pgd-margin", loss="margin", steps=steps, eot=eot, cascade=True),
                AttackSpec("bpda", grad="bpda", steps=steps, eot=eot),
                AttackSpec("blind", kind="blind", steps=det_steps, eot=1),

@@ -145,7 +145,8 @@ def pgd_eot(forward: Forward | None, x: torch.Tensor, y: torch.Tensor, ids: torc
     step, final iterate last), 'best_acc' (of the best iterate so far), 'half_steps_x_adv' (what the same attack
     with steps // 2 iterations returns: a convergence check), 'zero_grad_frac' (samples whose first
     gradient is exactly zero: AutoAttack's check_zero_gradients), 'zero_grad_elem_frac' (input elements with an
-    exactly zero first gradient: masking that hides single pixels) and the worst step of both ('..._max')."""
+    exactly zero first gradient: masking that hides single pixels) and the worst step of both ('..._max'); both
+    among the samples not yet broken on every EOT draw of that step."""
     if objective is None:
         if forward is None:
             raise ValueError("pgd_eot needs a forward or an objective")
@@ -176,8 +177,8 @@ def pgd_eot(forward: Forward | None, x: torch.Tensor, y: torch.Tensor, ids: torc
         if k == cfg.steps // 2:  # what a run with half the steps returns (same seeds: a prefix of this run)
             half = best.clone()
         curve["loss"].append(float(loss.mean()))
-        zero.append(float((grad.flatten(1).abs().amax(1) == 0).float().mean()))
-        zero_elem.append(float((grad == 0).float().mean()))
+        zero_frac, zero_elem_frac = _zero_gradients(grad, acc)
+        zero.append(zero_frac), zero_elem.append(zero_elem_frac)
         if cfg.norm == "linf" or cfg.l2_step == "sign":
             step = cfg.step_size * grad.sign()
         else:
@@ -200,6 +201,17 @@ def pgd_eot(forward: Forward | None, x: torch.Tensor, y: torch.Tensor, ids: torc
     return x_adv.detach()
 
 
+def _zero_gradients(grad: torch.Tensor, acc: torch.Tensor) -> tuple[float, float]:
+    """(fraction of samples whose gradient is exactly zero, fraction of input elements exactly zero) among the
+    samples not yet broken on every EOT draw (acc > 0): a loss may flatten once a sample is broken (DLR is
+    constant once the true class falls to third place), which is no sign of masking."""
+    alive = acc > 0
+    if not alive.any():
+        return 0.0, 0.0
+    g = grad[alive]
+    return float((g.flatten(1).abs().amax(1) == 0).float().mean()), float((g == 0).float().mean())
+
+
 def _project(x: torch.Tensor, x_adv: torch.Tensor, cfg: PGDConfig) -> torch.Tensor:
     delta = x_adv - x
     if cfg.norm == "linf":
@@ -215,7 +227,7 @@ def reevaluate(forward: Forward, x: torch.Tensor, y: torch.Tensor, ids: torch.Te
                run_seed: int = 0, batch: int = 256, fixed_noise: bool = False, selection: bool = False) -> dict:
     """N fresh purifications of each image (new noise streams, never the attack's): per-sample × per-trial
     predictions and correctness, the per-sample mean true-class margin, and the mean (Avg.Rob), worst-case (all N
-    correct), majority-vote (ties → lowest class index) and logit-average accuracies.  fixed_noise: every trial
+    correct), majority-vote (a tie counts as not robust) and logit-average accuracies.  fixed_noise: every trial
     replays the attack's fixed draw (`fixed_noise_seeds`), so the N trials agree; use n = 1.  selection: draw from
     the selection stream instead (picking a per-sample worst candidate on draws that are never reported)."""
     preds, logit_sum, margin = [], None, torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
@@ -229,13 +241,14 @@ def reevaluate(forward: Forward, x: torch.Tensor, y: torch.Tensor, ids: torch.Te
     preds = torch.stack(preds, dim=1)  # (B, N)
     correct = preds == y[:, None]
     classes = int(max(int(preds.max()), int(y.max()))) + 1
-    votes = F.one_hot(preds, classes).sum(1)  # (B, classes); argmax returns the lowest index on ties
-    majority = votes.argmax(1)
+    votes = F.one_hot(preds, classes).sum(1)  # (B, classes)
+    # majority-correct: the true class strictly ahead of every other class (a tie is not robust)
+    majority_ok = votes.gather(1, y[:, None])[:, 0] > votes.scatter(1, y[:, None], -1).amax(1)
     return {
         "n": n,
         "mean": float(correct.float().mean()),
         "worst": float(correct.all(1).float().mean()),
-        "majority": float((majority == y).float().mean()),
+        "majority": float(majority_ok.float().mean()),
         "logit_average": float((logit_sum.argmax(1) == y).float().mean()),
         "preds": preds.tolist(),
         "correct": correct.int().tolist(),

@@ -4,9 +4,9 @@ through the evaluation protocol with its default attack ensemble (adaptive attac
 Defences: none (the classifier alone), aux (AGDM's TRADES-trained auxiliary network φ alone), diffpure,
 diffpure+aux (DiffPure in front of φ), gdmp-mse, agdm, multiround.  `--tune` first sweeps the guidance settings
 (AGDM: scale, λ_cls/λ_feat, view, window, t*; GDMP: scale; DiffPure: t*) on the *validation* split under a reduced
-ensemble and reports on the held-out split with the chosen values; the tuning grid is the clean–robust frontier
-plot.  An exact attack whose convergence check fails on the held-out split is rerun with twice the steps
-(`--escalate`, default once).  Results are cached per defence in DIR/cache/ so an interrupted run resumes.
+ensemble and reports on the held-out split with the chosen values; a setting that fails a check is not eligible
+(the clean–robust frontier plot marks it).  An exact attack whose (paired) convergence check fails, on either
+split, is rerun with twice the steps (`--escalate`, default once).  Results are cached per defence in DIR/cache/ so an interrupted run resumes.
 Writes DIR/report.json, DIR/report.md, DIR/compare.png, and with --tune DIR/frontier.png and DIR/t_star.png.
 """
 
@@ -27,7 +27,7 @@ from ..methods import DIGITS
 from .defences import build_defence
 from .protocol import ProtocolConfig, evaluate
 from .stats import half_width
-from .tables import checks_lines, failed_checks, markdown_table
+from .tables import attack_coverage_lines, checks_lines, failed_checks, markdown_table
 
 METHODS = ("none", "aux", "diffpure", "agdm", "diffpure+aux", "gdmp-mse", "multiround")
 
@@ -98,10 +98,27 @@ def agdm_grid(settings: dict, t_star: int | None) -> list[tuple[str, dict, int |
     return grid
 
 
+def choose(rows: list[dict]) -> int | None:
+    """The chosen tuning setting: the largest ensemble robust accuracy among the *eligible* ones — clean accuracy
+    ≥ 90 % and no failed check (a setting whose figure a check calls into question cannot win) — ties to the
+    first (the smaller scale).  None when no setting is eligible."""
+    ok = [i for i, r in enumerate(rows) if r["eligible"]]
+    return max(ok, key=lambda i: (rows[i]["robust"], -i)) if ok else None
+
+
+def _tuning_row(label: str, t_star, r: dict) -> dict:
+    failed = [c["name"] for c in r["checks"] if c["passed"] is False]
+    why = [f"clean {100 * r['clean']['mean']:.1f} % < 90 %"] if r["clean"]["mean"] < 0.9 else []
+    why += [f"failed check {name}" for name in failed]
+    return {"label": label, "t_star": t_star, "clean": r["clean"]["mean"], "robust": r["ensemble"]["mean"],
+            "worst": r["ensemble"]["worst"], "failed_checks": failed, "eligible": not why, "not_eligible": why}
+
+
 def tune(models, aux, *, n: int, steps: int, eot: int, cfg: ProtocolConfig, cache: Path, log,
          paper: bool = False) -> dict:
-    """Sweep guidance settings on the validation split under a reduced ensemble; choose per method the largest
-    ensemble robust accuracy with clean accuracy ≥ 90 % (ties: the first, i.e. the smaller scale)."""
+    """Sweep guidance settings on the validation split under a reduced ensemble; choose per method (`choose`) the
+    largest ensemble robust accuracy among settings with clean accuracy ≥ 90 % and no failed check.  A method
+    with no eligible setting is not tuned: it runs its default setting, and the report says so."""
     xv, yv = models.val_data()
     xv, yv, ids = xv[:n], yv[:n], torch.arange(n)
     (agdm, agdm_t), (gdmp, gdmp_t) = default_settings("agdm", paper), default_settings("gdmp-mse", paper)
@@ -110,22 +127,24 @@ def tune(models, aux, *, n: int, steps: int, eot: int, cfg: ProtocolConfig, cach
              "gdmp-mse": [(f"a={a:g}", {**gdmp, "gdmp": replace(gdmp["gdmp"], guide_scale=a)}, gdmp_t)
                           for a in (1e3, 1e4, 1e5)],
              "diffpure": [(f"t*={k}", diffpure, k) for k in (30, 70, 100)]}
-    table, chosen = {}, {}
+    table, chosen, not_tuned = {}, {}, {}
     for method, grid in grids.items():
         rows = []
         for label, settings, t_star in grid:
             r = evaluate_cached(method, models, aux, xv, yv, ids, settings=settings, t_star=t_star, steps=steps,
                                 eot=eot, cfg=cfg, cache=cache, split="val", log=log)
-            rows.append({"label": label, "t_star": t_star, "clean": r["clean"]["mean"],
-                         "robust": r["ensemble"]["mean"], "worst": r["ensemble"]["worst"],
-                         "failed_checks": [c["name"] for c in r["checks"] if c["passed"] is False]})
-        ok = [i for i, r in enumerate(rows) if r["clean"] >= 0.9] or list(range(len(rows)))
-        best = max(ok, key=lambda i: (rows[i]["robust"], -i))
-        chosen[method] = {"label": rows[best]["label"], "settings": grid[best][1], "t_star": grid[best][2]}
+            rows.append(_tuning_row(label, t_star, r))
+        best = choose(rows)
+        if best is None:
+            not_tuned[method] = "no eligible setting (each has clean < 90 % or a failed check): default setting"
+            log(f"{method}: {not_tuned[method]}")
+        else:
+            chosen[method] = {"label": rows[best]["label"], "settings": grid[best][1], "t_star": grid[best][2]}
         table[method] = rows
     return {"split": "val", "n": n, "attack_budget": {"steps": steps, "eot": eot}, "grid": table,
             "chosen": {m: {"label": c["label"], "t_star": c["t_star"]} for m, c in chosen.items()},
-            "rule": "max ensemble robust mean s.t. clean >= 0.9", "_chosen": chosen}
+            "not_tuned": not_tuned,
+            "rule": "max ensemble robust mean s.t. clean >= 0.9 and no failed check", "_chosen": chosen}
 
 
 def verdict(results: dict[str, dict]) -> list[str]:
@@ -144,6 +163,7 @@ def verdict(results: dict[str, dict]) -> list[str]:
         beats = ra - ro > half_width(ro, n) and ca >= co - 0.02
         lines.append(f"AGDM {'beats' if beats else 'does NOT beat'} {other}: robust {100 * ra:.1f} % vs "
                      f"{100 * ro:.1f} %, clean {100 * ca:.1f} % vs {100 * co:.1f} %")
+    lines += [f"AGDM checks: {note}" for note in a.get("notes", [])]
     diag = a.get("diagnostics", {})
     if "aux_agreement" in diag:
         k, tot = diag["aux_agreement_count"]
@@ -152,10 +172,19 @@ def verdict(results: dict[str, dict]) -> list[str]:
     return lines
 
 
+def frontier_label(method: str, row: dict, chosen: dict) -> str:
+    """A tuning setting's label in the frontier plot: chosen, or marked when a check failed (not eligible)."""
+    mark = "  ← chosen" if chosen.get(method) == row["label"] else ""
+    if row.get("failed_checks"):
+        mark += "  ✗ FAILED " + ", ".join(row["failed_checks"])
+    return f"{method} {row['label']}{mark} (clean {100 * row['clean']:.0f} %)"
+
+
 def _plot_frontier(plt, path: Path, tuning: dict) -> None:
     """Left: clean vs robust accuracy of every tuning setting (95 % Wilson intervals on the validation images);
     right: the same robust accuracies as bars, chosen settings marked, clean accuracy in the label (on a small
-    validation split many settings share one clean accuracy and the scatter collapses to a column)."""
+    validation split many settings share one clean accuracy and the scatter collapses to a column).  A setting
+    that failed a check (not eligible) is drawn as a cross and its label names the failed checks."""
     from .stats import wilson_ci
 
     n, chosen = tuning["n"], {m: c["label"] for m, c in tuning["chosen"].items()}
@@ -165,8 +194,9 @@ def _plot_frontier(plt, path: Path, tuning: dict) -> None:
     colours = {m: f"C{i}" for i, m in enumerate(tuning["grid"])}
     for m, r in rows:
         lo, hi = wilson_ci(r["robust"], n)
-        left.errorbar(r["clean"], r["robust"], yerr=[[r["robust"] - lo], [hi - r["robust"]]], fmt="o", capsize=2,
-                      color=colours[m], alpha=1.0 if chosen.get(m) == r["label"] else 0.35)
+        left.errorbar(r["clean"], r["robust"], yerr=[[r["robust"] - lo], [hi - r["robust"]]],
+                      fmt="x" if r.get("failed_checks") else "o", capsize=2, color=colours[m],
+                      alpha=1.0 if chosen.get(m) == r["label"] else 0.35)
     left.set_xlabel("clean accuracy"), left.set_ylabel("robust accuracy (reduced ensemble, 95 % CI)")
     left.set_title(f"clean–robust frontier, validation split (n = {n})", fontsize=9)
     ys = range(len(rows))[::-1]
@@ -174,8 +204,7 @@ def _plot_frontier(plt, path: Path, tuning: dict) -> None:
     right.barh(list(ys), [r["robust"] for _, r in rows], color=[colours[m] for m, _ in rows], capsize=2,
                xerr=[[r["robust"] - lo for (_, r), (lo, _) in zip(rows, ci)],
                      [hi - r["robust"] for (_, r), (_, hi) in zip(rows, ci)]])
-    right.set_yticks(list(ys), [f"{m} {r['label']}{'  ← chosen' if chosen.get(m) == r['label'] else ''}"
-                                f" (clean {100 * r['clean']:.0f} %)" for m, r in rows], fontsize=7)
+    right.set_yticks(list(ys), [frontier_label(m, r, chosen) for m, r in rows], fontsize=7)
     right.set_xlabel("robust accuracy (reduced ensemble)"), right.set_xlim(0, 1)
     fig.tight_layout(), fig.savefig(path, dpi=120), plt.close(fig)
 
@@ -233,7 +262,7 @@ def run_compare(out: Path, *, n: int = 64, eps: float = 0.15, steps: int = 20, e
     tuning = None
     if do_tune:
         tuning = tune(models, aux, n=tune_n, steps=tune_steps, eot=tune_eot,
-                      cfg=replace(cfg, n_reevals=3, large_eps_n=8, escalate=0), cache=cache, log=log,
+                      cfg=replace(cfg, n_reevals=3, large_eps_n=8), cache=cache, log=log,
                       paper=paper_settings)
     chosen = tuning.pop("_chosen") if tuning else {}
     x, y = models.test_data()
@@ -267,12 +296,16 @@ def format_table(report: dict) -> str:
              f"{report['threat_model']['eps']}, exact attacks {report['attack_budget']['steps']} steps × EOT "
              f"{report['attack_budget']['eot']}, N = {report['n_reevals']}", "",
              markdown_table(report["results"]), "", *report["verdict"], "", "masking checks:",
-             *checks_lines(report["results"])]
+             *checks_lines(report["results"]),
+             "", "samples each attack ran on:", *attack_coverage_lines(report["results"])]
     if report["failed_checks"]:
         lines.append(f"FAILED CHECKS: {', '.join(report['failed_checks'])}")
+    for r in report["results"]:
+        lines += [f"{r['defence']['defence']}: {note}" for note in r.get("notes", [])]
     if report["tuning"]:
         lines.append(f"tuning (val, n = {report['tuning']['n']}): " + ", ".join(
             f"{m}: {c['label']}" for m, c in report["tuning"]["chosen"].items()))
+        lines += [f"tuning: {m} not tuned: {why}" for m, why in report["tuning"].get("not_tuned", {}).items()]
     lines.append(f"compute {report['compute_seconds']:.0f} s over the defences (each measured when it ran; "
                  f"this run {report['seconds']:.0f} s)")
     return "\n".join(lines)

@@ -1,14 +1,17 @@
 """The evaluation protocol (docs/EVALUATION.md), one code path for demo, compare and sweeps.
 
     clean accuracy on N fresh draws
-    for each attack of the ensemble: its candidate x_adv (only where still needed, for cascaded attacks)
+    for each attack of the ensemble: its candidate x_adv; cascaded attacks run after the others, on every sample
+    except those already at the floor (chosen candidate wrong on every selection and report draw: see _floor)
     per sample, the worst candidate (clean x included) on S *selection* draws (fewest correct, then lowest margin)
     robust accuracy of the chosen candidates on N fresh *report* draws (never the selection draws): mean / worst
-    (all N correct) / majority, with Wilson intervals; per-attack rows on the same report draws
-    masking checks, each with value and threshold: zero-gradient elements, transfer/BPDA stronger than the exact
-    attack, convergence of the exact attacks, large ε → ~0 %, undefended classifier → ~0 %, every component attacked
-    (cfg.escalate > 0: an exact attack that had not converged is rerun at once with twice the steps, as an extra
-    member of the ensemble named 'name@steps'; its own convergence check says whether that was enough)
+    (all N correct) / majority (a tie is not robust), with Wilson intervals; per-attack rows on the same draws
+    masking checks (checks.py), each with value and threshold: zero-gradient elements, the purifier's gradient
+    against finite differences, nothing stronger than exact PGD/APGD on the pipeline (paired), convergence of
+    the exact attacks (paired), large ε → ~0 % and undefended classifier → ~0 % (clean-correct samples), every
+    component attacked
+    (cfg.escalate > 0: an exact attack whose paired convergence check fails is rerun at once with twice the steps,
+    as an extra member of the ensemble named 'name@steps'; its own convergence check says whether that was enough)
 
 Randomness: every draw is keyed by (run seed, sample id, stream, index), so a sample's result does not depend on
 the batch it was evaluated in; report draws share their seeds across candidates (paired comparisons).
@@ -23,8 +26,8 @@ import torch
 
 from ..attacks.adaptive import AttackSpec, Defence, run_attack
 from ..attacks.pgd import reevaluate
-from .checks import convergence_drop, escalated_name, masking_checks
-from .stats import summarize
+from .checks import check_notes, converged, escalated_name, gradient_fidelity, masking_checks
+from .stats import PAIRED_MARGIN, paired_drop, summarize
 
 PROTOCOL = ("per-sample worst case over an attack ensemble, chosen on S selection draws, reported on N fresh "
             "purifications (evaluate-after-optimizing)")
@@ -43,6 +46,10 @@ class ProtocolConfig:
     large_eps_steps: int = 10      # ... with a plain CE attack, exact gradients
     near_zero: float = 0.05        # threshold of the '→ ~0 %' checks
     zero_grad_tol: float = 0.01    # most input elements with an exactly zero first gradient
+    paired_margin: float = PAIRED_MARGIN  # paired checks: 'ok' = upper end of the 95 % interval of the drop ≤ this
+    fd_n: int = 4                  # the finite-difference check of the purifier's gradient: samples ...
+    fd_h: float = 1e-3             # ... central-difference step (pixels within h of 0 or 1 are not moved) ...
+    fd_tol: float = 0.05           # ... and the largest relative error of autograd against it
     escalate: int = 0              # an exact attack still falling at full steps is rerun with 2× steps, ≤ this often
 
     def __post_init__(self):
@@ -83,6 +90,28 @@ class _Worst:
                 self.x[b], self.report[b] = x_adv[j], rep_preds[j]
 
 
+def _floor(worst: _Worst, y: torch.Tensor) -> torch.Tensor:
+    """Samples at the floor: the chosen candidate is wrong on every selection and every report draw.  Nothing an
+    attack finds can lower such a sample's reported accuracy (it is 0); skipping it can only keep it at 0, where
+    running an attack could only hand the choice to a candidate that is right on some report draw.  So skipping
+    favours the attacker, never the defence."""
+    return (worst.acc == 0) & (worst.report != y[:, None]).all(1)
+
+
+def _order(attacks: list[AttackSpec]) -> list[AttackSpec]:
+    """Cascaded attacks after every other one (stable order), so a sample at the floor stays there: no later
+    attack runs on it and its chosen candidate cannot change."""
+    return [a for a in attacks if not a.cascade] + [a for a in attacks if a.cascade]
+
+
+def _convergence(fwd, half, y, ids, rep_correct, cfg) -> tuple[dict, torch.Tensor, dict]:
+    """The same attack with half the steps on the same report draws: its summary, per-sample predictions and the
+    paired drop (half − full) with its 95 % interval."""
+    N = rep_correct.shape[1]
+    preds = torch.tensor(reevaluate(fwd, half, y, ids, N, run_seed=cfg.seed)["preds"])
+    return summarize(preds, y), preds, paired_drop((preds == y[:, None]).int(), rep_correct)
+
+
 def evaluate(defence: Defence, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, attacks: list[AttackSpec],
              cfg: ProtocolConfig, *, log=None) -> dict:
     """Run the protocol on one defence.  Returns a JSON-ready dict (plus 'x_adv': the chosen candidates) with the
@@ -109,38 +138,16 @@ def evaluate(defence: Defence, x: torch.Tensor, y: torch.Tensor, ids: torch.Tens
                    records=[{"id": int(i), "label": int(t), "clean_preds": p, "attacks": {}}
                             for i, t, p in zip(ids.tolist(), y.tolist(), clean["preds"])])
     rows, stats_by_name = [], {}
-    queue, attacks, escalations = list(attacks), [], {}
+    queue, attacks, escalations = _order(list(attacks)), [], {}
     while queue:
         spec = queue.pop(0)
         attacks.append(spec)
-        active = torch.arange(len(x)) if not spec.cascade else (worst.acc > 0).nonzero()[:, 0]
-        row = {"attack": spec.name, "spec": spec.as_dict(), "n_attacked": int(active.numel())}
-        if active.numel() == 0:
-            rows.append({**row, "skipped": "no sample left to break"})
-            continue
-        log(f"{defence.name}: {spec.name} on {active.numel()} samples")
-        x_adv, st = run_attack(defence, spec, x[active], y[active], ids[active], eps=cfg.eps, norm=cfg.norm,
-                               run_seed=cfg.seed, eot_chunk=cfg.eot_chunk)
-        sel = reevaluate(fwd, x_adv, y[active], ids[active], S, run_seed=cfg.seed, selection=True)
-        rep = reevaluate(fwd, x_adv, y[active], ids[active], N, run_seed=cfg.seed)
-        rep_preds = torch.tensor(rep["preds"])
-        summary = summarize(rep_preds, y[active])
-        worst.offer(spec.name, active, x_adv, sel, rep_preds)
-        half = st.pop("half_steps_x_adv", None)
-        if spec.exact and half is not None:  # the same attack with half the steps, on the same report draws
-            st["half_steps"] = summarize(torch.tensor(reevaluate(fwd, half, y[active], ids[active], N,
-                                                                 run_seed=cfg.seed)["preds"]), y[active])
-            drop, tol = convergence_drop(st["half_steps"]["mean"], summary["mean"], summary["n"])
-            if drop > tol and escalations.get(spec.name, 0) < cfg.escalate:  # still falling: 2× the steps next
-                more = replace(spec, name=escalated_name(spec.name, spec.steps), steps=2 * spec.steps)
-                escalations[more.name] = escalations.get(spec.name, 0) + 1
-                log(f"{defence.name}: {spec.name} not converged (fell {drop:.3f} > {tol:.3f}): {more.name} next")
-                queue.insert(0, more)
-        stats_by_name[spec.name] = st
-        if spec.kind == "blind":  # the undefended classifier on its own adversarial images (a sanity check)
-            with torch.no_grad():
-                row["undefended_acc"] = float((defence.classifier(x_adv).argmax(1) == y[active]).float().mean())
-        rows.append({**row, **summary, "stats": st})
+        row, st, more = _run_one(defence, spec, x, y, ids, cfg, worst, S, N, log, escalations)
+        if more is not None:
+            queue.insert(0, more)
+        if st is not None:
+            stats_by_name[spec.name] = st
+        rows.append(row)
 
     ensemble = summarize(worst.report, y)
     ensemble["winners"] = {n: worst.winner.count(n) for n in ["clean", *(a.name for a in attacks)]
@@ -155,16 +162,62 @@ def evaluate(defence: Defence, x: torch.Tensor, y: torch.Tensor, ids: torch.Tens
         "clean": summarize(clean_preds, y), "attacks": rows, "ensemble": ensemble,
     }
     result["diagnostics"] = _diagnostics(defence, worst, y)
-    k = min(len(x), cfg.large_eps_n)  # on the first k samples
-    large = large_eps_attack(defence, x[:k], y[:k], ids[:k], cfg, log) if defence.randomized and cfg.large_eps else None
+    # the large-ε check on the first large_eps_n samples the defence gets right on some clean draw
+    ok = (clean_preds == y[:, None]).any(1).nonzero()[:, 0][:cfg.large_eps_n]
+    large = (large_eps_attack(defence, x[ok], y[ok], ids[ok], cfg, log)
+             if defence.randomized and cfg.large_eps and ok.numel() else None)
     if large is not None:
         large.pop("preds")
+        large["selected"] = "clean-correct (right on at least one clean report draw)"
     result["large_eps"] = large
-    result["checks"] = masking_checks(defence, attacks, rows, stats_by_name, large, cfg)
+    fidelity = gradient_fidelity(defence, x, ids, cfg) if any(a.reference for a in attacks) else None
+    result["checks"] = masking_checks(defence, attacks, rows, stats_by_name, large, cfg, records=worst.records,
+                                      fidelity=fidelity)
+    result["notes"] = check_notes(result["checks"])
     result["records"] = worst.records
     result["seconds"] = round(time.perf_counter() - t_start, 2)
     result["x_adv"] = worst.x
     return result
+
+
+def _run_one(defence, spec, x, y, ids, cfg, worst, S, N, log, escalations):
+    """One attack of the ensemble: (its row, its stats or None, the escalated rerun to queue next or None)."""
+    fwd = defence.forward_fn()
+    floor = _floor(worst, y) if spec.cascade else torch.zeros(len(x), dtype=torch.bool)
+    active = (~floor).nonzero()[:, 0]
+    row = {"attack": spec.name, "spec": spec.as_dict(), "n_attacked": int(active.numel()),
+           "n_skipped": int(floor.sum()),
+           "why": ("cascaded: every sample except those already wrong on every selection and report draw"
+                   if spec.cascade else "every sample")}
+    if active.numel() == 0:
+        return {**row, "skipped": "every sample already wrong on every selection and report draw"}, None, None
+    log(f"{defence.name}: {spec.name} on {active.numel()} samples")
+    x_adv, st = run_attack(defence, spec, x[active], y[active], ids[active], eps=cfg.eps, norm=cfg.norm,
+                           run_seed=cfg.seed, eot_chunk=cfg.eot_chunk)
+    ya, ia = y[active], ids[active]
+    sel = reevaluate(fwd, x_adv, ya, ia, S, run_seed=cfg.seed, selection=True)
+    rep_preds = torch.tensor(reevaluate(fwd, x_adv, ya, ia, N, run_seed=cfg.seed)["preds"])
+    summary = summarize(rep_preds, ya)
+    worst.offer(spec.name, active, x_adv, sel, rep_preds)
+    half = st.pop("half_steps_x_adv", None)
+    more = None
+    if spec.exact and half is not None:  # the same attack with half the steps, on the same report draws
+        st["half_steps"], half_preds, drop = _convergence(fwd, half, ya, ia, (rep_preds == ya[:, None]).int(), cfg)
+        st["half_steps"]["paired_drop"] = drop
+        for j, b in enumerate(active.tolist()):
+            worst.records[b]["attacks"][spec.name]["half_preds"] = half_preds[j].tolist()
+        if not converged(drop, cfg) and escalations.get(spec.name, 0) < cfg.escalate:  # 2× the steps next
+            more = replace(spec, name=escalated_name(spec.name, spec.steps), steps=2 * spec.steps)
+            escalations[more.name] = escalations.get(spec.name, 0) + 1
+            log(f"{defence.name}: {spec.name} not converged (drop {drop['drop']:.3f}, 95 % upper "
+                f"{drop['ci95'][1]:.3f} > {cfg.paired_margin}): {more.name} next")
+    if spec.kind == "blind":  # the undefended classifier on its own adversarial images, clean-correct samples only
+        with torch.no_grad():
+            ok = defence.classifier(x[active]).argmax(1) == ya
+            row["undefended_n"] = int(ok.sum())
+            row["undefended_acc"] = (float((defence.classifier(x_adv[ok]).argmax(1) == ya[ok]).float().mean())
+                                     if ok.any() else None)
+    return {**row, **summary, "stats": st}, st, more
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-"""Accuracy over N draws per image: mean (Avg.Rob), worst (all N correct), majority vote, Wilson intervals."""
+"""Accuracy over N draws per image: mean (Avg.Rob), worst (all N correct), majority vote (a tie is not robust),
+Wilson intervals, and the paired interval of a drop between two candidates on the same images and draws."""
 
 from __future__ import annotations
 
@@ -25,9 +26,46 @@ def half_width(p: float, n: int) -> float:
 
 
 def majority_vote(preds: torch.Tensor, classes: int | None = None) -> torch.Tensor:
-    """(B, N) predictions → (B,) most frequent class per row, ties to the lowest class index."""
+    """(B, N) predictions → (B,) most frequent class per row, ties to the lowest class index (a label only: for
+    'is the majority right' use majority_correct, which counts a tie as not robust)."""
     classes = classes or int(preds.max()) + 1
     return F.one_hot(preds, classes).sum(1).argmax(1)
+
+
+def majority_correct(preds: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B, N) predictions, labels (B,) → (B,) bool: the true class has strictly more votes than every other class.
+    A tie is not robust (ties must not go to whichever class has the lowest index)."""
+    classes = int(max(int(preds.max()), int(y.max()))) + 1
+    votes = F.one_hot(preds, classes).sum(1)
+    true = votes.gather(1, y[:, None])[:, 0]
+    other = votes.scatter(1, y[:, None], -1).amax(1)
+    return true > other
+
+
+# The paired checks' margin: 'ok' means the upper end of the paired 95 % interval of a drop is at most this.
+PAIRED_MARGIN = 0.03
+BOOTSTRAP = 4000
+
+
+def paired_drop(a: torch.Tensor, b: torch.Tensor, *, n_boot: int = BOOTSTRAP, seed: int = 0) -> dict | None:
+    """How much lower accuracy b is than a on the same samples and draws: a, b (n, N) correctness (0/1) of two
+    candidates per sample and report draw.  Returns the drop mean(a) − mean(b), its 95 % interval from a paired
+    bootstrap over samples (a sample keeps its N draws: draws of one image are not independent), and the number
+    of samples down (b less often correct) / up.  Deterministic (fixed generator).  None when n = 0."""
+    a, b = a.double(), b.double()
+    if a.shape != b.shape:
+        raise ValueError(f"paired outcomes need the same samples and draws, got {tuple(a.shape)} and {tuple(b.shape)}")
+    n = a.shape[0]
+    if n == 0:
+        return None
+    d = (a - b).mean(1)  # per-sample drop
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, n, (n_boot, n), generator=g)
+    boot = d[idx].mean(1).sort().values
+    lo, hi = boot[int(0.025 * (n_boot - 1))], boot[round(0.975 * (n_boot - 1))]
+    return {"drop": round(float(d.mean()), 6), "ci95": [round(float(lo), 6), round(float(hi), 6)], "n": n,
+            "draws": a.shape[1], "down": int((d > 0).sum()), "up": int((d < 0).sum()),
+            "method": f"paired bootstrap over samples ({n_boot} resamples)"}
 
 
 def summarize(preds: torch.Tensor, y: torch.Tensor) -> dict:
@@ -37,10 +75,9 @@ def summarize(preds: torch.Tensor, y: torch.Tensor) -> dict:
         return {"n": 0, "draws": 0, "mean": None, "worst": None, "majority": None}
     correct = preds == y[:, None]
     n = preds.shape[0]
-    classes = int(max(int(preds.max()), int(y.max()))) + 1
     out = {"n": n, "draws": preds.shape[1], "mean": float(correct.float().mean()),
            "worst": float(correct.all(1).float().mean()),
-           "majority": float((majority_vote(preds, classes) == y).float().mean())}
+           "majority": float(majority_correct(preds, y).float().mean())}
     for k in ("mean", "worst", "majority"):
         out[f"{k}_ci95"] = wilson_ci(out[k], n)
     return out

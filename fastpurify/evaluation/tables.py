@@ -27,6 +27,8 @@ def result_rows(result: dict, per_attack: bool = True) -> list[str]:
                 continue
             spec = row["spec"]
             how = f"{spec['steps']}×{row['stats']['pgd']['eot']}" + ("" if spec["exact"] else ", transfer")
+            if row.get("n_skipped"):  # a cascaded attack: the samples at the floor were left out, and why
+                how += f", cascaded: {row['n_skipped']} skipped, already wrong on every draw"
             out.append(f"| | {row['attack']} ({how}) | {row['n']} | | {_pct(row['mean'])}{_ci(row)} | "
                        f"{_pct(row['worst'])} | {_pct(row['majority'])} | |")
     return out
@@ -44,15 +46,32 @@ def markdown_table(results: list[dict], per_attack: bool = True) -> str:
 
 
 def checks_lines(results: list[dict]) -> list[str]:
-    """One line per masking check: name, ok / FAILED / skipped, value vs threshold."""
+    """One line per masking check: name, ok / FAILED / not run, value vs threshold; a failed or not-run check
+    also says why (its reason, or its detail)."""
     lines = []
     for r in results:
         for c in r["checks"]:
-            status = "skipped" if c["passed"] is None else ("ok" if c["passed"] else "FAILED")
-            lines.append(f"{r['defence']['defence']:>14s}  {c['name']:40s} {status:7s} value {c['value']} "
-                         f"(threshold {c['threshold']})")
+            status = "not run" if c["passed"] is None else ("ok" if c["passed"] else "FAILED")
+            line = (f"{r['defence']['defence']:>14s}  {c['name']:40s} {status:7s} value {c['value']} "
+                    f"(threshold {c['threshold']})")
+            if c["passed"] is False:
+                line += f" [{c.get('category', 'masking')}: {c.get('reason') or c['detail']}]"
+            elif c["passed"] is None:
+                line += f" [{c['detail']}]"
+            lines.append(line)
     return lines
 
 
 def failed_checks(results: list[dict]) -> list[str]:
     return [f"{r['defence']['defence']}: {c['name']}" for r in results for c in r["checks"] if c["passed"] is False]
+
+
+def attack_coverage_lines(results: list[dict]) -> list[str]:
+    """How many samples each attack ran on, and why (cascaded attacks skip samples already at the floor)."""
+    lines = []
+    for r in results:
+        for row in r["attacks"]:
+            lines.append(f"{r['defence']['defence']:>14s}  {row['attack']:24s} ran on {row['n_attacked']} of "
+                         f"{r['n_examples']}: {row.get('why', 'every sample')}"
+                         + (f" ({row['n_skipped']} skipped)" if row.get("n_skipped") else ""))
+    return lines
