@@ -103,14 +103,23 @@ def test_reference_run_and_its_report(reference):
         assert r["adv_preds"] == (r["clean_preds"] if w == "clean" else r["attacks"][w]["preds"])
         if w != "clean":
             assert r["attacks"][w]["sel_acc"] == min(a["sel_acc"] for a in r["attacks"].values())
-    # the large-ε check: on the first 3 images of the randomised method only (batch size 4 splits them from the rest)
-    assert [i for i in range(6) if "large_eps_preds" in rows[("ddim@20", i)]] == [0, 1, 2]
+    # the large-ε check: on those of the first 3 images the randomised method gets right on some clean draw (batch
+    # size 4 splits them from the rest)
+    right = [i for i in range(3) if rows[("ddim@20", i)]["label"] in rows[("ddim@20", i)]["clean_preds"]]
+    assert [i for i in range(6) if "large_eps_preds" in rows[("ddim@20", i)]] == right and right
     assert not any("large_eps_preds" in rows[("none", i)] for i in range(6))
+    # records carry what every check needs: the exact attack's half-steps predictions, per sample
+    assert all(len(rows[("ddim@20", i)]["attacks"]["pgd-full"]["half_preds"]) == 2 for i in range(6))
     rep = write_report(reference)
     ddim_rep = next(r for r in rep["results"] if r["method"] == "ddim@20")
-    large = next(c for c in ddim_rep["checks"] if c["name"] == "large_eps_near_zero")
-    assert ddim_rep["large_eps"]["n_examples"] == 3 and large["value"] == ddim_rep["large_eps"]["mean"]
-    assert large["passed"] == (large["value"] <= 0.05) and "eps 0.5 on 3 " in large["detail"]
+    checks = {c["name"]: c for c in ddim_rep["checks"]}
+    assert checks["pgd-full_converged"]["value"] is not None  # computed over the sweep, paired, from the records
+    assert checks["gradient_matches_finite_differences"]["value"] is not None
+    md = (reference / "report" / "report.md").read_text()
+    assert "ddim@20: pgd-full_converged " in md and "ddim@20: gradient_matches_finite_differences " in md
+    large = checks["large_eps_near_zero"]
+    assert ddim_rep["large_eps"]["n_examples"] == len(right) and large["value"] == ddim_rep["large_eps"]["mean"]
+    assert large["passed"] == (large["value"] <= 0.05) and f"eps 0.5 on {len(right)} " in large["detail"]
     names = sorted(p.name for p in (reference / "report").iterdir())
     assert {"report.json", "report.md", "grid_none.png", "grid_ddim_20.png", "robust_vs_clean.png",
             "accuracy_vs_iterations.png"} <= set(names)

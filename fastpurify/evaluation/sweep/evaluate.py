@@ -3,10 +3,12 @@ per-sample records and one batch line.
 
 The protocol's per-sample results (clean draws, each attack's report-draw predictions and selection accuracy /
 margin, the per-sample winner and its report draws) do not depend on the batch; the batch-level statistics the
-masking checks need (zero-gradient fractions, best-iterate curves, the undefended accuracy on the 'blind' images)
-go into a separate batch line, which the report aggregates weighted by the number of samples attacked.  The
-protocol's large-ε check runs on the first `large_eps_n` images of the manifest (whichever batch and rank they
-fall in): their records carry `large_eps_preds`, which the report pools into the check.
+masking checks need (zero-gradient fractions, best-iterate curves, the undefended accuracy on the 'blind' images,
+the finite-difference check of the exact gradient) go into a separate batch line, which the report aggregates weighted by the number of samples attacked.  The
+protocol's large-ε check runs on those of the first `large_eps_n` images of the manifest (whichever batch and rank
+they fall in) that the defence gets right on some clean draw: their records carry `large_eps_preds`, which the report
+pools into the check.  Records carry each exact attack's half-steps predictions (`half_preds`, for the paired
+convergence check).
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ def evaluate_batch(defence: Defence, x: torch.Tensor, y: torch.Tensor, ids: torc
     large_ids also get the large-ε check (a randomised defence only, as in the protocol)."""
     res = evaluate(defence, x, y, ids, specs, dataclasses.replace(pcfg, large_eps=None))
     large = {}
-    sel = [b for b, i in enumerate(ids.tolist()) if i in large_ids]
+    # the large-ε check counts samples the defence gets right on some clean draw (a wrong one proves nothing)
+    sel = [b for b, i in enumerate(ids.tolist()) if i in large_ids
+           and any(p == res["records"][b]["label"] for p in res["records"][b]["clean_preds"])]
     if sel and pcfg.large_eps and defence.randomized:
         idx = torch.tensor(sel, device=x.device)
         preds = large_eps_attack(defence, x[idx], y[idx], ids[idx], pcfg)["preds"]
@@ -69,7 +73,9 @@ def evaluate_batch(defence: Defence, x: torch.Tensor, y: torch.Tensor, ids: torc
         })
         if b in large:
             rows[-1]["large_eps_preds"] = large[b]
-    batch = {"n": len(ids), "seconds": res["seconds"], "attacks": {}}
+    # the finite-difference check of the exact gradient, per batch (the report keeps the worst)
+    fidelity = next((c for c in res.get("checks", []) if c["name"] == "gradient_matches_finite_differences"), None)
+    batch = {"n": len(ids), "seconds": res["seconds"], "attacks": {}, "fidelity": fidelity}
     for r in res["attacks"]:
         st = r.get("stats")
         entry = {"n_attacked": r["n_attacked"], "skipped": r.get("skipped")}

@@ -71,7 +71,8 @@ def _large_eps(recs: list[dict], cfg: dict) -> dict | None:
             "majority": s["majority"]}
 
 
-def _checks(mc: dict, cfg: dict, attacks: dict, stats: dict, large: dict | None, recs: list[dict]) -> list[dict]:
+def _checks(mc: dict, cfg: dict, attacks: dict, stats: dict, large: dict | None, recs: list[dict],
+            fidelity: list[dict]) -> list[dict]:
     """The protocol's masking checks over the whole sweep of one method (paired checks from the records)."""
     specs = [AttackSpec(a["name"], kind=a["kind"], loss=a["loss"], steps=a["steps"], eot=a["eot"],
                         step_size=a["step_size"], random_start=a["random_start"], grad=a["grad"],
@@ -85,9 +86,27 @@ def _checks(mc: dict, cfg: dict, attacks: dict, stats: dict, large: dict | None,
     checks = (masking_checks(defence, specs, rows, {k: stats[k] for k in ran}, large, pcfg, records=recs)
               if specs else [])
     if defence.randomized and large is None:
+        why = ("large_eps = 0 in the config" if not cfg["large_eps"] else
+               f"no clean-correct sample among the first {cfg['large_eps_n']} images")
         checks.append({"name": "large_eps_near_zero", "passed": None, "value": None, "threshold": pcfg.near_zero,
-                       "detail": "not run (large_eps = 0 in the config)"})
+                       "detail": f"not run: {why}", "category": "masking", "reason": None})
+    checks += _fidelity(specs, fidelity, pcfg)
     return checks
+
+
+def _fidelity(specs, fidelity: list[dict], pcfg) -> list[dict]:
+    """The finite-difference check of the exact gradient: the worst batch's; 'not run' (with why) where the method
+    has an exact reference attack but no batch carried the check."""
+    if fidelity:
+        worst = max(fidelity, key=lambda c: c["value"])
+        return [{**worst, "passed": all(c["passed"] for c in fidelity),
+                 "detail": f"{worst['detail']} (the worst of {len(fidelity)} batches)"}]
+    if any(s.reference for s in specs):
+        return [{"name": "gradient_matches_finite_differences", "passed": None, "value": None,
+                 "threshold": pcfg.fd_tol, "category": "masking", "reason": None,
+                 "detail": "not run: no batch line carries the finite-difference check (records written before it "
+                           "existed, or a defence without a purifier)"}]
+    return []
 
 
 def _pct(p) -> str | None:
@@ -127,7 +146,7 @@ def method_result(mg: Merged, method: str, partial: bool, batches: list[dict]) -
     n = len(recs)
     wall = sum(r["wall_s"] for r in recs)
     large = _large_eps(recs, cfg)
-    checks = _checks(mc, cfg, attacks, stats, large, recs)
+    checks = _checks(mc, cfg, attacks, stats, large, recs, [b["fidelity"] for b in mine if b.get("fidelity")])
     failed = [c["name"] for c in checks if c["passed"] is False]
     names = " + ".join(f"{k} ({a['kind']} {a['steps']} steps × EOT {a['eot']}, {a['loss']}, grad {a['grad_mode']})"
                        for k, a in attacks.items())
@@ -234,7 +253,12 @@ def markdown(report: dict) -> str:
     lines += ["", "Masking checks (docs/EVALUATION.md rule 6; value vs threshold):"]
     for r in report["results"]:
         for c in r["checks"]:
-            state = "skipped" if c["passed"] is None else "ok" if c["passed"] else "FAILED"
+            if c["passed"] is None:  # never silently absent: why it was not run (or was superseded)
+                state = ("not run: " + c["detail"].split("not run", 1)[1].lstrip(":( ").rstrip(")")
+                         if "not run" in c["detail"] else f"not judged: {c['detail']}")
+                lines.append(f"- {r['method']}: {c['name']} {state}")
+                continue
+            state = "ok" if c["passed"] else f"FAILED ({c.get('reason') or 'see report.json'})"
             value = "" if c["value"] is None else f" {c['value']:.4g} vs {c['threshold']:.4g}"
             lines.append(f"- {r['method']}: {c['name']} {state}{value}")
     for name, path in sorted(report.get("plots", {}).items()):
