@@ -24,6 +24,7 @@ import torch
 from ..attacks.adaptive import default_attacks
 from ..imageio import image_grid, write_png
 from .defences import build_defence
+from .progress import Meter, calibrate, plan
 from .protocol import ProtocolConfig, evaluate
 from .tables import attack_coverage_lines, checks_lines, failed_checks, markdown_table
 
@@ -54,7 +55,15 @@ def run_demo(out: Path, *, n: int = 64, eps: float = 0.15, steps: int = 20, eot:
     for name in ("none", preset):
         defence = build_defence(name if name == "none" else "diffpure", models.diffusion, models.classifier,
                                 settings=None if name == "none" else settings, t_star=t_star)
-        r = evaluate(defence, x, y, ids, default_attacks(defence, steps=steps, eot=eot), cfg, log=log)
+        specs = default_attacks(defence, steps=steps, eot=eot)
+        meter = _estimate(defence, x, y, specs, cfg, log) if defence.purifier is not None else None
+        try:
+            r = evaluate(defence, x, y, ids, specs, cfg, log=log)
+        finally:
+            if meter is not None:
+                meter.close()
+        if meter is not None:
+            r["estimate_seconds"] = round(meter.bar.total)
         log(f"{name}: clean {r['clean']['mean']:.3f}, robust (ensemble) {r['ensemble']['mean']:.3f} "
             f"in {r['seconds']:.0f} s")
         results.append(r)
@@ -78,6 +87,18 @@ def run_demo(out: Path, *, n: int = 64, eps: float = 0.15, steps: int = 20, eot:
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(format_table(report) + "\n")
     return report
+
+
+def _estimate(defence, x, y, specs, cfg, log) -> Meter:
+    """Print a time estimate calibrated on this machine, before the work; return the progress meter."""
+    costs = calibrate(defence, x, y)
+    work = plan(specs, len(x), cfg)
+    total = work.seconds(costs)
+    log(f"{defence.name}: estimated {total / 60:.1f} min on this machine ({len(specs)} attacks; timed here: "
+        f"{costs.forward * 1e3:.0f} ms per image purified, {costs.gradient * 1e3:.0f} ms with the exact gradient; "
+        f"{work.forward_rows} + {work.gradient_rows} such rows planned; an escalation, if a check asks for one, "
+        f"adds to it)")
+    return Meter(defence, costs, total, desc=defence.name)
 
 
 def format_table(report: dict) -> str:
