@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from ..attacks.adaptive import default_attacks
 from ..imageio import image_grid, write_png
@@ -42,7 +43,7 @@ def run_demo(out: Path, *, n: int = 64, eps: float = 0.15, steps: int = 20, eot:
 
     if threads:
         torch.set_num_threads(threads)
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))  # above a running progress bar
     t_start = time.time()
     models = digits()
     x, y = models.test_data()
