@@ -253,7 +253,7 @@ def test_purify(benchmark, name, mode, variant):
 
 
 def table(paths: list[str]) -> str:
-    """A markdown table of saved runs: `python benchmarks/bench_purify.py results/cpu/bench_purify_*.json`."""
+    """A markdown table of saved runs: `python benchmarks/bench_purify.py benchmarks/results/cpu/bench_purify_*.json`."""
     import json
 
     lines = ["| model | mode | variant | s/image at 100 steps | ratio vs eager fp32 | first call s | max abs diff "

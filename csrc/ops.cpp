@@ -12,7 +12,7 @@ TORCH_LIBRARY(fastpurify, m) {
         " -> Tensor");
   // ∂L/∂x0 = a[t_b]·∂L/∂x_t
   m.def("forward_diffuse_bwd(Tensor grad, Tensor a, Tensor t) -> Tensor");
-  // One reverse step, row c = coef[k] = [q0, q1, p0, p1, p2, sigma, s_g] (reference/sampler_step.py):
+  // One reverse step, row c = coef[k] = [q0, q1, p0, p1, p2, sigma, s_g] (fastpurify/ops/reference/sampler_step.py):
   // out = p0·clip?(q0·x − q1·eps) + p1·x + p2·eps + sigma·ξ(seeds[b], k, purpose, round) + s_g·Σ_j gw[j,b]·g[j,b]
   m.def("sampler_step(Tensor x, Tensor eps, Tensor? g, Tensor? gw, Tensor coef, Tensor k, Tensor seeds, bool clip,"
         " int purpose, int round) -> Tensor");
@@ -22,9 +22,9 @@ TORCH_LIBRARY(fastpurify, m) {
   // G[b] = Σ_j gw[j,b]·g[j,b] and its backward ∂L/∂g[j,b] = gw[j,b]·∂L/∂G[b]
   m.def("guidance_accumulate(Tensor g, Tensor gw) -> Tensor");
   m.def("guidance_accumulate_bwd(Tensor grad, Tensor gw) -> Tensor");
-  // (B, n) float32 standard normals, sample b from Philox stream seeds[b] (reference/philox.py)
+  // (B, n) float32 standard normals, sample b from Philox stream seeds[b] (fastpurify/ops/reference/philox.py)
   m.def("normal(Tensor seeds, int n, int step, int purpose, int round) -> Tensor");
-  // (2, B, n) int64: the first two Philox words r0, r1 of those draws, as uint32 values (reference/philox.py,
+  // (2, B, n) int64: the first two Philox words r0, r1 of those draws, as uint32 values (fastpurify/ops/reference/philox.py,
   // philox_bits) — what the tests compare bit for bit across backends
   m.def("philox_bits(Tensor seeds, int n, int step, int purpose, int round) -> Tensor");
   m.def("build_info() -> str");

@@ -1,5 +1,5 @@
 // Philox4x32-10 and Box–Muller, shared by the C++ CPU and CUDA kernels.
-// Spec: fastpurify/reference/philox.py — the streams are bit-identical to it (tests compare the raw words).
+// Spec: fastpurify/ops/reference/philox.py — the streams are bit-identical to it (tests compare the raw words).
 #pragma once
 #include <cmath>
 #include <cstdint>

@@ -54,7 +54,7 @@ struct Step {
   }
 };
 
-// Backward of Step (its math: reference/sampler_step.py, sampler_step_bwd_ref).
+// Backward of Step (its math: fastpurify/ops/reference/sampler_step.py, sampler_step_bwd_ref).
 struct StepBwd {
   template <typename T>
   FP_INLINE void operator()(const T* go, const T* x, const T* eps, const Coefs<T>& c, bool clip, T* gx, T* geps,

@@ -10,7 +10,7 @@
 
 namespace fastpurify {
 
-// One row of a sampler coefficient table (reference/sampler_step.py): x0 = q0·x − q1·ε, out = p0·x0 + p1·x + p2·ε + …
+// One row of a sampler coefficient table (fastpurify/ops/reference/sampler_step.py): x0 = q0·x − q1·ε, out = p0·x0 + p1·x + p2·ε + …
 template <typename T>
 struct Coefs {
   T q0, q1, p0, p1, p2, sigma, sg;

@@ -1,5 +1,5 @@
 // C++ CPU kernels: the fused reverse step (every sampler family is one coefficient row) and guidance accumulation.
-// Spec: fastpurify/reference/sampler_step.py.  Row c = coef[k] = [q0, q1, p0, p1, p2, sigma, s_g]:
+// Spec: fastpurify/ops/reference/sampler_step.py.  Row c = coef[k] = [q0, q1, p0, p1, p2, sigma, s_g]:
 //   x0 = q0·x − q1·ε (clamped to [−1, 1] if clip)
 //   out = p0·x0 + p1·x + p2·ε + sigma·ξ(seed_b, k) + s_g·Σ_j gw[j,b]·g[j,b]
 // x, ε: (B, n); g: (K, B, n); gw: (K, B); coef: (S, 7) in x's dtype (float or double); k: 0-dim int64.

@@ -1,4 +1,4 @@
-// CUDA forward diffusion with in-op Philox noise, and its backward.  Spec: fastpurify/reference/forward_diffusion.py.
+// CUDA forward diffusion with in-op Philox noise, and its backward.  Spec: fastpurify/ops/reference/forward_diffusion.py.
 #include "../philox.h"
 #include "common.cuh"
 

@@ -1,4 +1,4 @@
-// CUDA fused reverse step and guidance accumulation.  Spec: fastpurify/reference/sampler_step.py.
+// CUDA fused reverse step and guidance accumulation.  Spec: fastpurify/ops/reference/sampler_step.py.
 // Row c = coef[*k] = [q0, q1, p0, p1, p2, sigma, s_g] is read on the device (no host round-trip per step; a captured
 // graph replays by advancing *k):
 //   x0 = q0·x − q1·ε (clamped to [−1, 1] if CLIP)

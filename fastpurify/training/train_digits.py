@@ -1,6 +1,6 @@
 """`fastpurify train-digits`: train the embedded digits DDPM and classifier from scratch, write safetensors + card.
 
-Reproducible: every random choice comes from `--seed`; the data split is fixed (zoo/digits.py).
+Reproducible: every random choice comes from `--seed`; the data split is fixed (fastpurify/zoo/embedded.py).
 On 2 CPU cores the default budget takes about 20 minutes (measured numbers are written into the card).
 """
 
