@@ -24,8 +24,8 @@ from .config import (
     SweepConfig,
     _build,
     apply_override,
-    validate,
 )
+from .validation import validate
 
 FIELDS = ("kind", "loss", "steps", "eot", "step_size", "random_start", "variant", "weight", "kappa", "states",
           "cascade")

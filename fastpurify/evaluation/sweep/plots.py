@@ -32,6 +32,9 @@ def _save(fig, path: Path, plt) -> None:
     plt.close(fig)
 
 
+PCT = 100.0  # plots in %, as the report's table
+
+
 def write_plots(report: dict, dest: Path) -> dict:
     """The figures that the report's data supports; returns {name: file name}."""
     plt = _pyplot()
@@ -44,11 +47,10 @@ def write_plots(report: dict, dest: Path) -> dict:
         if r["avg_rob"] is None:
             continue
         lo, hi = r["ci95"]["avg_rob"]
-        ax.errorbar(r["clean"]["mean"], r["avg_rob"], yerr=[[r["avg_rob"] - lo], [hi - r["avg_rob"]]], fmt="o",
-                    capsize=3)
-        ax.annotate(r["method"], (r["clean"]["mean"], r["avg_rob"]), fontsize=8, xytext=(4, 4),
-                    textcoords="offset points")
-    ax.set_xlabel("clean accuracy (mean over N)"), ax.set_ylabel("robust accuracy (mean over N, 95 % CI)")
+        rob, clean = PCT * r["avg_rob"], PCT * r["clean"]["mean"]
+        ax.errorbar(clean, rob, yerr=[[rob - PCT * lo], [PCT * hi - rob]], fmt="o", capsize=3)
+        ax.annotate(r["method"], (clean, rob), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("clean accuracy, % (mean over N)"), ax.set_ylabel("robust accuracy, % (mean over N, 95 % CI)")
     ax.set_title(f"robust vs clean{tag}")
     _save(fig, dest / "robust_vs_clean.png", plt)
     written["robust vs clean"] = "robust_vs_clean.png"
@@ -63,9 +65,10 @@ def write_plots(report: dict, dest: Path) -> dict:
         fig, ax = plt.subplots(figsize=(5, 4))
         for name, rows in sorted(families.items()):
             t = [r["t_star_steps"] for r in rows]
-            line = ax.plot(t, [r["avg_rob"] for r in rows], marker="o", label=f"{name} robust")[0]
-            ax.plot(t, [r["clean"]["mean"] for r in rows], ls="--", color=line.get_color(), label=f"{name} clean")
-        ax.set_xlabel("t* (steps of 1000)"), ax.set_ylabel("accuracy (mean over N)"), ax.legend(fontsize=7)
+            line = ax.plot(t, [PCT * r["avg_rob"] for r in rows], marker="o", label=f"{name} robust")[0]
+            ax.plot(t, [PCT * r["clean"]["mean"] for r in rows], ls="--", color=line.get_color(),
+                    label=f"{name} clean")
+        ax.set_xlabel("t* (steps of 1000)"), ax.set_ylabel("accuracy, % (mean over N)"), ax.legend(fontsize=7)
         ax.set_title(f"accuracy vs t*{tag}")
         _save(fig, dest / "robust_vs_t_star.png", plt)
         written["robust vs t*"] = "robust_vs_t_star.png"
@@ -79,10 +82,11 @@ def write_plots(report: dict, dest: Path) -> dict:
         groups = defaultdict(list)
         for name, a in r["attacks"].items():
             if a.get("best_curve"):
-                ax.plot(range(len(a["best_curve"])), a["best_curve"], label=f"{r['method']} · {name}")
+                ax.plot(range(len(a["best_curve"])), [PCT * v for v in a["best_curve"]],
+                        label=f"{r['method']} · {name}")
                 drawn = per_step = True
             elif a["mean"] is not None:
-                groups[(a["grad_mode"], a["eot"], a["loss"], a["kind"])].append((a["steps"], a["mean"]))
+                groups[(a["grad_mode"], a["eot"], a["loss"], a["kind"])].append((a["steps"], PCT * a["mean"]))
         for (grad, eot, loss, _), pts in sorted(groups.items()):
             pts.sort()
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
@@ -90,8 +94,8 @@ def write_plots(report: dict, dest: Path) -> dict:
             drawn = True
     if drawn:
         ax.set_xlabel("attack iteration")
-        ax.set_ylabel("EOT accuracy of the best iterate (attack draws)" if per_step
-                      else "robust accuracy, attack alone (mean over N)")
+        ax.set_ylabel("EOT accuracy of the best iterate, % (attack draws)" if per_step
+                      else "robust accuracy, attack alone, % (mean over N)")
         ax.legend(fontsize=6), ax.set_title(f"accuracy vs attack iterations{tag}")
         _save(fig, dest / "accuracy_vs_iterations.png", plt)
         written["accuracy vs attack iterations"] = "accuracy_vs_iterations.png"
