@@ -248,7 +248,8 @@ def test_autoattack_adapter_says_what_it_returns_and_attacks_every_sample(digits
     clf, x, y = digits_clf
     y = y.clone()
     y[:2] = (y[:2] + 1) % 10
-    kw = {"eps": 0.05, "version": "rand", "n_reevals": 1, "bs": 8, "n_iter": 3, "eot_iter": 1, "library": "pyautoattack"}
+    kw = {"eps": 0.05, "version": "rand", "n_reevals": 1, "bs": 8, "n_iter": 3, "eot_iter": 1,
+          "library": "pyautoattack"}
     per = run_autoattack(clf, x, y, **kw)
     assert per["returned_clean"] == 0 and "every sample attacked" in per["returns"]
     std = run_autoattack(clf, x, y, candidates="standard", **kw)

@@ -8,7 +8,7 @@ implementations; arXiv 2411.16598):
 | kind           | gradient of                                                           | exact white-box? |
 |----------------|-----------------------------------------------------------------------|------------------|
 | 'pgd'          | loss(f(P(x))) through the purifier in grad mode `grad` (full, adjoint, bpda, …), or through a variant | grad 'full'/'autograd' on P itself |
-| 'apgd'         | the same loss and gradient as 'pgd', optimised by APGD (attacks/apgd.py: step-size schedule, momentum) | as 'pgd' |
+| 'apgd'         | as 'pgd', optimised by APGD (attacks/apgd.py: step-size schedule, momentum, restarts) | as 'pgd' |
 | 'per_step'     | the loss summed over intermediate states of P (DiffAttack-style) plus the output | yes |
 | 'joint'        | loss(f(P(x))) + w·min(margin_φ(x), κ): the classifier and the auxiliary decision together | yes |
 | 'forward_only' | loss(f(x + c·z)): the forward diffusion's noise only, reverse process skipped (c = √(1−ᾱ)/(2√ᾱ)) | no (transfer) |

@@ -1,4 +1,4 @@
-"""Masking checks (EVALUATION.md rule 6): the classic signs of gradient masking, computed from the protocol's rows,
+"""Masking checks (docs/EVALUATION.md rule 6): the classic signs of gradient masking, computed from the protocol's rows,
 attack statistics and per-sample records.  Each check is a record {name, passed, value, threshold, detail,
 category, reason}: passed True (ok), False (failed: printed in every report, never hidden) or None (not run, the
 detail says why).  category: 'masking' (the exact attack's gradient is masked, wrong or uninformative),
@@ -158,7 +158,7 @@ def _stronger_checks(defence, specs, ran, records, cfg) -> list[dict]:
 @torch.no_grad()
 def masking_checks(defence, attacks, rows, stats_by_name, large, cfg, *, records: list[dict] | None = None,
                    fidelity: dict | None = None) -> list[dict]:
-    """The classic signs of gradient masking (EVALUATION.md rule 6), each a named record.  records: the protocol's
+    """The classic signs of gradient masking (docs/EVALUATION.md rule 6), each a named record.  records: the protocol's
     per-sample records (label, each attack's report-draw 'preds' and, for exact attacks, 'half_preds'); the paired
     checks say 'not run' without them.  fidelity: gradient_fidelity's result."""
     out = []

@@ -6,7 +6,8 @@ diffpure+aux (DiffPure in front of φ), gdmp-mse, agdm, multiround.  `--tune` fi
 (AGDM: scale, λ_cls/λ_feat, view, window, t*; GDMP: scale; DiffPure: t*) on the *validation* split under a reduced
 ensemble and reports on the held-out split with the chosen values; a setting that fails a check is not eligible
 (the clean–robust frontier plot marks it).  An exact attack whose (paired) convergence check fails, on either
-split, is rerun with twice the steps (`--escalate`, default once).  Results are cached per defence in DIR/cache/ so an interrupted run resumes.
+split, is rerun with twice the steps (`--escalate`, default once).  Results are cached per defence in DIR/cache/
+so an interrupted run resumes.
 Writes DIR/report.json, DIR/report.md, DIR/compare.png, and with --tune DIR/frontier.png and DIR/t_star.png.
 """
 

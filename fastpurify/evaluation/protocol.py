@@ -162,17 +162,10 @@ def evaluate(defence: Defence, x: torch.Tensor, y: torch.Tensor, ids: torch.Tens
         "clean": summarize(clean_preds, y), "attacks": rows, "ensemble": ensemble,
     }
     result["diagnostics"] = _diagnostics(defence, worst, y)
-    # the large-ε check on the first large_eps_n samples the defence gets right on some clean draw
-    ok = (clean_preds == y[:, None]).any(1).nonzero()[:, 0][:cfg.large_eps_n]
-    large = (large_eps_attack(defence, x[ok], y[ok], ids[ok], cfg, log)
-             if defence.randomized and cfg.large_eps and ok.numel() else None)
-    if large is not None:
-        large.pop("preds")
-        large["selected"] = "clean-correct (right on at least one clean report draw)"
-    result["large_eps"] = large
+    result["large_eps"] = _large_eps(defence, x, y, ids, clean_preds, cfg, log)
     fidelity = gradient_fidelity(defence, x, ids, cfg) if any(a.reference for a in attacks) else None
-    result["checks"] = masking_checks(defence, attacks, rows, stats_by_name, large, cfg, records=worst.records,
-                                      fidelity=fidelity)
+    result["checks"] = masking_checks(defence, attacks, rows, stats_by_name, result["large_eps"], cfg,
+                                      records=worst.records, fidelity=fidelity)
     result["notes"] = check_notes(result["checks"])
     result["records"] = worst.records
     result["seconds"] = round(time.perf_counter() - t_start, 2)
@@ -230,6 +223,18 @@ def _diagnostics(defence: Defence, worst: _Worst, y: torch.Tensor) -> dict:
     agree = worst.report == aux_pred[:, None]
     return {"aux_agreement": float(agree.float().mean()), "aux_agreement_count": [int(agree.sum()), agree.numel()],
             "aux_accuracy_on_chosen": float((aux_pred == y).float().mean())}
+
+
+def _large_eps(defence: Defence, x, y, ids, clean_preds, cfg: ProtocolConfig, log) -> dict | None:
+    """The large-ε check on the first large_eps_n samples the defence gets right on some clean report draw (a
+    sample it never classifies right would count as broken whatever the attack)."""
+    ok = (clean_preds == y[:, None]).any(1).nonzero()[:, 0][:cfg.large_eps_n]
+    if not (defence.randomized and cfg.large_eps and ok.numel()):
+        return None
+    large = large_eps_attack(defence, x[ok], y[ok], ids[ok], cfg, log)
+    large.pop("preds")
+    large["selected"] = "clean-correct (right on at least one clean report draw)"
+    return large
 
 
 def large_eps_attack(defence: Defence, x, y, ids, cfg: ProtocolConfig, log=None) -> dict:
