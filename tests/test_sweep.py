@@ -444,3 +444,17 @@ def test_resize_wraps_the_attack_side_variants_too(tmp_path):
     assert all(isinstance(v, ResizePurifier) and v.size == 16 for v in d.variants.values())
     x = torch.rand(1, 1, 12, 12)
     assert d.variants["detach"](x, seed=torch.tensor([0])).shape == (1, 1, 12, 12)
+
+
+def test_docs_sweeps_lists_every_config_key():
+    """docs/SWEEPS.md is the config reference: every key of every table is in it, as a table row."""
+    import dataclasses
+
+    from fastpurify.evaluation.sweep import config as c
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "SWEEPS.md").read_text()
+    for cls in (c.SweepConfig, c.DataConfig, c.ModelConfig, c.MethodConfig, c.AttackConfig, c.DefaultEnsembleConfig):
+        for f in dataclasses.fields(cls):
+            if not dataclasses.is_dataclass(f.type) and f.name not in ("data", "model", "methods", "attacks",
+                                                                        "default_ensemble"):
+                assert f"| `{f.name}` |" in text, f"{cls.__name__}.{f.name} is not in docs/SWEEPS.md"
