@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -79,6 +80,22 @@ def per_sample_seeds(seed, batch: int, device: torch.device) -> torch.Tensor:
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item())
     return derive_seeds(seed, torch.arange(batch, device=device))
+
+
+@runtime_checkable
+class PurifierLike(Protocol):
+    """The one interface of every purifier in the package — `Purifier`, `MultiRound`, `MethodPurifier`,
+    `ResizePurifier` (a graphed plan runs inside `Purifier`) — and of any a user adds beside them:
+    `forward(x, seed=None, *, round=0, grad=None, trace=None)` → images in [0, 1] (seed: per-sample seeds or None;
+    round: the Philox round word; grad: the gradient mode for this call; trace: a list for intermediate states), and
+    `first_round()` → the `Purifier` whose sampler runs first (its preset and schedule give the forward-diffusion
+    noise level that attacks and reports read).  Code that needs the sampler asks `first_round()`; nothing unwraps a
+    purifier by attribute."""
+
+    def forward(self, x: torch.Tensor, seed=None, *, round: int = 0, grad: str | None = None,
+                trace: list | None = None) -> torch.Tensor: ...
+
+    def first_round(self) -> "Purifier": ...
 
 
 class Purifier(InferenceModule):
@@ -176,6 +193,9 @@ class Purifier(InferenceModule):
         d["speed"]["graphs"] = self.graphs.describe()
         d["precision"] = self.speed.precision
         return d
+
+    def first_round(self) -> "Purifier":
+        return self
 
     def forward(self, x: torch.Tensor, seed=None, round: int = 0, grad: str | None = None,
                 trace: list | None = None) -> torch.Tensor:

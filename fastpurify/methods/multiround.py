@@ -37,7 +37,13 @@ class MultiRound(InferenceModule):
         counts = [p.last_nfe for p in self.rounds]
         return None if None in counts else sum(counts)
 
-    def forward(self, x: torch.Tensor, seed=None, grad: str | None = None, trace: list | None = None) -> torch.Tensor:
+    def first_round(self):
+        return self.rounds[0].first_round()
+
+    def forward(self, x: torch.Tensor, seed=None, round: int = 0, grad: str | None = None,
+                trace: list | None = None) -> torch.Tensor:
+        if round != 0:
+            raise ValueError(f"a MultiRound numbers its own rounds 0..{len(self.rounds) - 1}; got round={round}")
         seeds = per_sample_seeds(seed, x.shape[0], x.device)
         for r, purifier in enumerate(self.rounds):
             x = purifier(x, seed=seeds, round=r, grad=grad, trace=trace)

@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..api import InferenceModule
-from .multiround import MultiRound
 
 
 class MethodPurifier(InferenceModule):
@@ -27,15 +26,15 @@ class MethodPurifier(InferenceModule):
         """Network evaluations counted in the last forward pass."""
         return self.inner.last_nfe
 
+    def first_round(self):
+        return self.inner.first_round()
+
     def forward(self, x, seed=None, round: int = 0, grad: str | None = None, trace: list | None = None):
         """Purify x; seed, grad and trace as for `Purifier.forward` (grad overrides the mode for this call)."""
-        if isinstance(self.inner, MultiRound):
-            return self.inner(x, seed=seed, grad=grad, trace=trace)
         return self.inner(x, seed=seed, round=round, grad=grad, trace=trace)
 
     def describe(self) -> dict:
-        first = self.inner.rounds[0] if isinstance(self.inner, MultiRound) else self.inner
-        return {"method": self.name, **self.info, **first.grad_config()}
+        return {"method": self.name, **self.info, **self.first_round().grad_config()}
 
 
 class ResizePurifier(nn.Module):
@@ -66,11 +65,13 @@ class ResizePurifier(nn.Module):
         info = inner.describe() if hasattr(inner, "describe") else {"config": inner.config.as_dict()}
         return {**info, "resize_to": self.size}
 
-    def forward(self, x: torch.Tensor, seed=None, grad=None, trace=None) -> torch.Tensor:
+    def first_round(self):
+        return self.purifier.first_round()
+
+    def forward(self, x: torch.Tensor, seed=None, round: int = 0, grad=None, trace=None) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             raise ValueError(f"x must be an NCHW tensor, got {getattr(x, 'shape', type(x))}")
         n, size = self.size, tuple(x.shape[-2:])
-        extra = {k: v for k, v in (("grad", grad), ("trace", trace)) if v is not None}
         u = x if size == (n, n) else F.interpolate(x, size=(n, n), mode="bilinear", align_corners=False)
-        y = self.purifier(u, seed=seed, **extra)
+        y = self.purifier(u, seed=seed, round=round, grad=grad, trace=trace)
         return y if size == (n, n) else F.interpolate(y, size=size, mode="bilinear", align_corners=False)
