@@ -222,3 +222,14 @@ def test_adm_whose_image_size_cannot_be_inferred_names_the_config_table(standins
     over = _imagenet(standins, **{"model.diffusion": tmp_path / "adm32.pt"})
     rc, out = _check(capsys, "sweep_imagenet.toml", *over)
     _one_line_rc2(rc, out, "does not determine the image size", "[model.diffusion_config] image_size")
+
+
+def test_a_classifier_with_other_classes_than_the_data_is_one_line(standins, tmp_path, capsys):
+    import torch
+
+    from fastpurify.models.classifiers import DMWideResNet
+
+    torch.save(DMWideResNet(depth=10, width=1, num_classes=10).state_dict(), tmp_path / "c10.pt")
+    rc, out = _check(capsys, "sweep_cifar100.toml", f'data.path="{standins / "cifar-100-python"}"',
+                     f'model.diffusion="{standins / "ddpm100.ckpt"}"', f'model.classifier="{tmp_path / "c10.pt"}"')
+    _one_line_rc2(rc, out, "returns (1, 10) logits; cifar100/test has 100 classes")

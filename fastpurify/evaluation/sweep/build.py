@@ -170,10 +170,8 @@ def check_fit(models: Models, sample: torch.Tensor, data, ids, labels, cfg: Swee
                      f"{h} → {d.image_size} → {h} (bilinear, inside autograd) around it")
     with torch.no_grad():
         out = models.classifier(sample.to(models.device, models.input_dtype))
-    need = data.n_classes or int(labels[ids].max()) + 1
-    if out.dim() != 2 or (out.shape[1] != need if data.n_classes else out.shape[1] < need):
+    top = int(labels[ids].max())
+    if out.dim() != 2 or (out.shape[1] != data.n_classes if data.n_classes else out.shape[1] <= top):
         problems.append(f"model.classifier returns {tuple(out.shape)} logits; {data.name} has "
-                        + (f"{need} classes" if data.n_classes else f"labels up to {need - 1}"))
-    if int(labels[ids].max()) >= out.shape[-1]:
-        problems.append(f"data: labels reach {int(labels[ids].max())} but the classifier has {out.shape[-1]} outputs")
+                        + (f"{data.n_classes} classes" if data.n_classes else f"labels up to {top}"))
     return None if len(problems) > n_found else h
