@@ -12,10 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..api import InferenceModule, per_sample_seeds
-from ..ops import derive_seeds
+from ..ops import derive_seeds, streams
 
 AGGREGATIONS = ("logits", "softmax", "vote")
-_RUN_SALT = 3 << 40
 
 
 class MultiRound(InferenceModule):
@@ -73,7 +72,7 @@ class EnsembleClassifier(InferenceModule):
         base = per_sample_seeds(self.seed if seed is None else seed, x.shape[0], x.device)
         outs = []
         for run in range(self.n_runs):
-            seeds = derive_seeds(base, torch.full_like(base, _RUN_SALT + run))
+            seeds = derive_seeds(base, torch.full_like(base, streams.ENSEMBLE_RUN + run))
             outs.append(self.classifier(self.purifier(x, seed=seeds, grad=grad)))
         logits = torch.stack(outs)  # (N, B, classes)
         if self.aggregate == "logits":

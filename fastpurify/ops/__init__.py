@@ -18,7 +18,9 @@ from torch.autograd.function import once_differentiable
 
 from . import backends  # noqa: F401  (registers every op × backend)
 from .registry import select
-from .reference.philox import FORWARD, GUIDANCE_TARGET, STEP, derive_seeds  # noqa: F401  (the seed words, for all)
+from . import streams  # noqa: F401  (every purpose and seed salt: ops.streams)
+from .reference.philox import derive_seeds  # noqa: F401  (per-sample seeds, for all)
+from .streams import FORWARD, GUIDANCE_TARGET, STEP  # noqa: F401
 from .reference.sampler_step import N_COEF, guidance_weights_ref
 
 
