@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..ops import FORWARD, derive_seeds
+from ..ops import FORWARD, derive_seeds, streams
 from .losses import get_loss, true_class_margin
 
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -23,7 +23,8 @@ Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 # Salts that separate the attack's EOT draws, the fixed-noise draw, random starts and the re-evaluation trials.
-_ATTACK_SALT, _EVAL_SALT, _FIXED_SALT, _START_SALT, _SELECT_SALT = 1 << 40, 2 << 40, 4 << 40, 5 << 40, 6 << 40
+_ATTACK_SALT, _EVAL_SALT, _FIXED_SALT, _START_SALT, _SELECT_SALT = (streams.ATTACK, streams.EVAL, streams.FIXED,
+                                                                  streams.START, streams.SELECT)
 
 
 def attack_seeds(run_seed: int, ids: torch.Tensor, salt: int, index: int) -> torch.Tensor:
