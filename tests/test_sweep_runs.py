@@ -199,10 +199,11 @@ def test_default_ensemble_runs_each_methods_own_attack_list(tmp_path):
     _run_here(out, "attacks=[]", "default_ensemble.use=true", "default_ensemble.steps=1", "default_ensemble.eot=1",
               "data.n=2", "batch_size=2")
     rows = _outcomes(out)
-    assert rows[("none", 0)]["ensemble_run"] == ["pgd-ce-det", "pgd-margin-det"]
-    assert rows[("ddim@20", 1)]["ensemble_run"] == ["pgd-ce", "pgd-margin", "bpda", "blind", "forward-only"]
+    assert rows[("none", 0)]["ensemble_run"] == ["pgd-ce-det", "apgd-ce-det", "apgd-dlr-det", "pgd-margin-det"]
+    assert rows[("ddim@20", 1)]["ensemble_run"] == ["pgd-ce", "apgd-ce", "apgd-dlr", "pgd-margin", "bpda", "blind",
+                                                    "forward-only"]
     rep = write_report(out)
-    assert set(rep["results"][0]["attacks"]) == {"pgd-ce-det", "pgd-margin-det"}
+    assert set(rep["results"][0]["attacks"]) == {"pgd-ce-det", "apgd-ce-det", "apgd-dlr-det", "pgd-margin-det"}
     assert rep["ensemble"]["name"] == "default 1x1"
     checks = {c["name"] for c in rep["results"][1]["checks"]}
     assert {"zero_gradient_elements", "bpda_not_stronger_than_exact", "large_eps_near_zero"} <= checks

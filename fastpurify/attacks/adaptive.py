@@ -126,6 +126,7 @@ class AttackSpec:
     """One attack of an ensemble.  step_size None → eps/4, whatever the number of steps (Lee & Kim use 0.007 at
     ε 8/255 ≈ 0.22 ε): a run with fewer steps is then exactly a prefix of a longer one, which the convergence check
     relies on (a rule like 2.5·eps/steps would make the half-length prefix a different, shorter-reaching attack).
+    Kind 'apgd' ignores step_size: APGD's schedule sets it (2·eps, halved at its checkpoints).
 
     grad: the purifier's gradient mode for 'pgd' ('full' = exact; 'bpda', 'adjoint', 'surrogate' are weaker or
     approximate); variant: an attack-side purifier of the defence ('pgd' only).  weight, kappa: the auxiliary term
@@ -265,6 +266,8 @@ def run_attack(defence: Defence, spec: AttackSpec, x: torch.Tensor, y: torch.Ten
     draws = cfg.eot * (cfg.steps + (1 if cfg.best_iterate else 0))
     nfe = (None if defence.nfe is None else defence.nfe * draws) if uses_purifier else 0
     stats.update(seconds=round(time.perf_counter() - t0, 3), nfe_attack=nfe, pgd=cfg.as_dict(), seed=seed)
+    if spec.kind == "apgd":  # its step size is its own schedule, whatever step_size says
+        stats["step_size_rule"] = "APGD: 2·eps, halved at the checkpoints (attacks/apgd.py); step_size unused"
     return x_adv, stats
 
 
