@@ -186,7 +186,8 @@ def _one_line_rc2(rc, out, *words):
 
 def test_a_smaller_diffusion_model_than_the_data_is_refused_unless_asked(standins, capsys):
     d = standins
-    over = _imagenet(d, **{"model.diffusion": d / "adm64.pt", "model.diffusion_config.num_head_channels": 32})
+    over = _imagenet(d, **{"model.diffusion": d / "adm64.pt", "model.diffusion_config.num_head_channels": 32,
+                           "model.diffusion_config.image_size": 64})
     rc, out = _check(capsys, "sweep_imagenet.toml", *over)
     _one_line_rc2(rc, out, "64×64 model on 224×224 data", "model.allow_downsample = true")
     rc, out = _check(capsys, "sweep_imagenet.toml", *over, "model.allow_downsample=true")
@@ -196,18 +197,20 @@ def test_a_smaller_diffusion_model_than_the_data_is_refused_unless_asked(standin
 def test_each_wrong_checkpoint_is_one_line_rc_2(standins, capsys):
     d = standins
     cases = [
-        ({"model.diffusion_config": "{}"}, ["num_head_channels is not in the checkpoint", "[model.diffusion_config]"]),
+        ({"model.diffusion_config": "{image_size = 256}"}, ["num_head_channels is not in the checkpoint",
+                                                             "[model.diffusion_config]"]),
         ({"model.classifier": d / "unknown.pt"}, ["model.classifier", "supported kinds: wrn, dm-wrn, resnet50"]),
         ({"model.classifier": d / "adm256.pt"}, ["model.classifier", "'adm' diffusion model, not a classifier"]),
         ({"model.diffusion": d / "resnet50.pth", "model.diffusion_kind": ""},
          ["model.diffusion", "'resnet50' classifier, not a diffusion model"]),
-        ({"model.diffusion": d / "ddpm100.ckpt", "model.diffusion_kind": "ddpm", "model.diffusion_config": "{}"},
-         ["32×32 model on 224×224 data"]),  # a CIFAR-size model on ImageNet data
+        ({"model.diffusion": d / "ddpm100.ckpt", "model.diffusion_kind": "ddpm",
+          "model.diffusion_config": "{resolution = 32}"}, ["32×32 model on 224×224 data"]),  # CIFAR-size on ImageNet
+        ({"model.diffusion_config": "{num_head_channels = 64}"}, ["image_size is not in the checkpoint"]),
     ]
     for over, words in cases:
         sets = [s for s in _imagenet(d, **over) if not s.startswith("model.diffusion_config=")]
-        if "model.diffusion_config" in over:  # the table itself replaced by an empty one
-            sets.append("model.diffusion_config={}")
+        if "model.diffusion_config" in over:  # the table itself replaced (TOML syntax)
+            sets.append(f"model.diffusion_config={over['model.diffusion_config']}")
         rc, out = _check(capsys, "sweep_imagenet.toml", *sets)
         _one_line_rc2(rc, out, *words)
 
@@ -219,7 +222,8 @@ def test_adm_whose_image_size_cannot_be_inferred_names_the_config_table(standins
 
     torch.save(ADMUNet(image_size=32, model_channels=32, num_res_blocks=1, attention_resolutions=(16,),
                        channel_mult=(1, 2), num_head_channels=32).state_dict(), tmp_path / "adm32.pt")
-    over = _imagenet(standins, **{"model.diffusion": tmp_path / "adm32.pt"})
+    over = [*_imagenet(standins, **{"model.diffusion": tmp_path / "adm32.pt"}),
+            "model.diffusion_config={num_head_channels = 32}"]  # and no image size
     rc, out = _check(capsys, "sweep_imagenet.toml", *over)
     _one_line_rc2(rc, out, "does not determine the image size", "[model.diffusion_config] image_size")
 

@@ -258,6 +258,11 @@ def test_adm_head_width_not_in_the_file_is_named_as_assumed(files):
     assert m.meta["config"]["num_head_channels"] == 64 and "num_head_channels" in m.meta["assumed"]
     m = load_diffusion(paths["adm"], image_size=16, num_head_channels=16)
     assert m.meta["assumed"] == {}
+    # an NCSN++ image size changes no shape either: named when it is the public CIFAR-10 model's 32 by default
+    with pytest.warns(UserWarning, match="image_size.*assumed 32"):
+        m = load_diffusion(paths["score_sde"])
+    assert m.image_size == 32 and "image_size" in m.meta["assumed"]
+    assert load_diffusion(paths["score_sde"], image_size=8).meta["assumed"] == {}
 
 
 def test_wrong_kind_of_file_says_what_it_is_and_the_supported_kinds(files, tmp_path):

@@ -277,7 +277,13 @@ def _ddpm_config(sd: dict, resolution: int | None) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- diffusion
-def _score_sde(ckpt: dict, overrides: dict, ema: bool, what: str) -> tuple[nn.Module, dict]:
+_NCSNPP_SIZE = ("the file's shapes do not determine the NCSN++ image size; assumed 32, the public CIFAR-10 "
+                "checkpoint's")
+
+
+def _score_sde(ckpt: dict, overrides: dict, ema: bool, what: str, assumed: dict) -> tuple[nn.Module, dict]:
+    if "image_size" not in overrides:
+        assumed["image_size"] = _NCSNPP_SIZE
     model_sd = strip_prefixes(dict(ckpt.get("model") or {}))
     names_in_file = [k for k in model_sd if k != "sigmas"]  # `sigmas` is a buffer the positional model never uses
     cfg = _infer(_ncsnpp_config, model_sd, overrides.pop("image_size", 32), what=f"{what} ['model']") \
@@ -331,6 +337,12 @@ def _arch(kind: str, sd: dict, saved: dict | None, config: dict, path, assumed: 
     """(class, config, state_dict) for a named state_dict; `saved` is the config written by save_pretrained.
     Settings taken from the public models rather than the file go into `assumed` (name → why)."""
     what = str(path)
+    if saved is None:  # what the public models' configs decide where the file's shapes do not
+        key = {"ncsnpp": "image_size", "adm": "image_size", "ddpm": "resolution"}.get(kind)
+        if key and key not in config:
+            assumed[key] = (_NCSNPP_SIZE if kind == "ncsnpp" else
+                            "inferred from channel_mult by guided-diffusion's defaults per image size" if kind == "adm"
+                            else "inferred from the number of levels by the public DDPM configs (4: 32, 6: 256)")
     if kind == "ncsnpp":
         cfg = saved or _infer(_ncsnpp_config, sd, config.pop("image_size", 32), what=what)
         return NCSNpp, {**cfg, **config}, sd
@@ -388,7 +400,7 @@ def load_diffusion(path, kind: str | None = None, *, device="cpu", dtype=None, c
             raise CheckpointError(f"{path} looks like a {found!r} checkpoint, not {kind!r}")
         kind = found
         if kind == "score_sde":
-            net, info = _score_sde(obj, dict(config), ema, str(path))
+            net, info = _score_sde(obj, dict(config), ema, str(path), assumed)
         else:
             sd = strip_prefixes(obj[0] if isinstance(obj, (list, tuple)) else obj)
             saved = json.loads(file_meta["fastpurify.config"]) if "fastpurify.config" in file_meta else None

@@ -91,7 +91,7 @@ def load_models(cfg: SweepConfig, problems: list[str], notes: list[str]) -> Mode
         aux = _load("aux", lambda: _classifier(m.aux, "", ModelConfig(), device, dtype, {}), problems)
     for key, why in (getattr(diffusion, "meta", None) or {}).get("assumed", {}).items():
         problems.append(f"model.diffusion: {key} is not in the checkpoint ({why}); give it in [model.diffusion_config]"
-                        f", e.g. {key} = {diffusion.meta['config'][key]!r} for the public guided-diffusion models")
+                        f" ({key} = {diffusion.meta['config'][key]!r} if that is what the model was trained with)")
     if diffusion is None or classifier is None or (m.aux and aux is None):
         return None
     for name, net in (("diffusion", diffusion), ("classifier", classifier), ("aux", aux)):
