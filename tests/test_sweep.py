@@ -452,7 +452,7 @@ def test_docs_sweeps_lists_every_config_key():
 
     from fastpurify.evaluation.sweep import config as c
 
-    text = (Path(__file__).resolve().parent.parent / "docs" / "SWEEPS.md").read_text()
+    text = (Path(__file__).resolve().parent.parent / "docs/SWEEPS.md").read_text()
     for cls in (c.SweepConfig, c.DataConfig, c.ModelConfig, c.MethodConfig, c.AttackConfig, c.DefaultEnsembleConfig):
         for f in dataclasses.fields(cls):
             if not dataclasses.is_dataclass(f.type) and f.name not in ("data", "model", "methods", "attacks",
