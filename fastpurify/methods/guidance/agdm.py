@@ -26,7 +26,8 @@ class AGDMConfig:
     distance: str = "sq_l2"               # "MSE in the latent space" [paper]
     reduction: str = "per_sample_mean"    # [ours] batch-invariant
     view: str = "x_t"                     # guidance on intermediate x_t [paper]; 'tweedie' offered
-    tweedie_jacobian: str = "scaled_identity"  # 'exact' backprops through ε_θ; 'scaled_identity' uses 1/√ᾱ
+    tweedie_jacobian: str = "scaled_identity"  # inside g: 'exact' backprops through ε_θ; 'scaled_identity' uses
+    # 1/√ᾱ (ε held fixed).  The attack gradient is exact for both: it differentiates g's value through ε_θ as well.
     cls_term: str = "log_softmax"         # "a logit of p_φ(x_t)" [paper]; 'logit' | 'none'
     label_rule: str = "aux_argmax_input"  # ŷ = argmax p_φ(x_adv) [ours]; never the true label
     window: tuple[int, int] | None = None  # guided DDPM indices [lo, hi] inclusive; None = every step [ours]
@@ -75,25 +76,29 @@ class AGDMGuidance:
                 return None
             outer = torch.is_grad_enabled() and exact and u.requires_grad
             with torch.enable_grad():
-                uu = u if outer else u.detach().requires_grad_(True)
-                v = self._view(uu, eps, i, model, sched, outer)
+                # g = s·∂J(v(u, ε))/∂u, the partial in the state's own slot (ε held fixed unless the view recomputes
+                # it): taken w.r.t. a zero shift z of u, so that under an outer graph (the attack) g stays a
+                # function of u *and* of ε, and the attack differentiates it through ε_θ too.
+                z = torch.zeros_like(u, requires_grad=True)
+                uu = (u if outer else u.detach()) + z
+                v = self._view(uu, eps.detach() if eps is not None and not outer else eps, i, model, sched)
                 logits, h = self.tap(v)
                 J = -cfg.lambda_feat * feature_distance(h, r if outer else r.detach(), cfg.distance, cfg.reduction)
                 if cfg.cls_term != "none" and y_hat is not None:
                     J = J + cfg.lambda_cls * class_log_prob(logits, y_hat, cfg.cls_term)
-                (g,) = torch.autograd.grad(J.sum(), uu, create_graph=outer)
+                (g,) = torch.autograd.grad(J.sum(), z, create_graph=outer)
             return cfg.scale * g
 
         return guidance
 
-    def _view(self, u, eps, i, model, sched, outer):  # noqa: ARG002  (outer kept for symmetry with callers)
+    def _view(self, u, eps, i, model, sched):
+        """v(u, ε): the image φ sees.  'tweedie' with 'scaled_identity' uses the sampler's ε as a fixed argument,
+        so ∂v/∂u = 1/√ᾱ_i inside g (the defence's own approximation); 'exact' recomputes ε_θ(u) so ∂v/∂u includes
+        ε_θ's Jacobian.  Either way the value equals the forward's, so the `full` recompute reproduces it."""
         if self.cfg.view == "x_t":
             return (u + 1) / 2
         abar = sched.abar(i)
         if self.cfg.tweedie_jacobian == "exact":
             eps = model.eps_at_index(u, i)  # recomputed with a graph to u: the gradient flows through ε_θ
-        else:
-            eps = eps.detach()  # ∂x̂₀/∂u ≈ 1/√ᾱ_i; ε treated as a constant in every pass, so values never depend
-            # on whether gradients are on (the `full` recompute must reproduce the forward exactly)
         x0 = (u - math.sqrt(1 - abar) * eps) / math.sqrt(abar)
         return (x0.clamp(-1, 1) + 1) / 2
