@@ -122,3 +122,24 @@ def test_status_tells_dead_from_running(tmp_path):
     finally:
         live.release()
     assert "DEAD: ended without finishing" in status(out)  # no lease of the attempt left
+
+
+def test_a_sweep_started_while_another_process_holds_the_directory_is_refused(tmp_path):
+    """Two processes, as after a restart while the old ranks still run: the second `fastpurify sweep` exits 2
+    naming the holder, writes no record, and leaves the holder's lease alone."""
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from fastpurify.evaluation.sweep.lease import Lease; "
+         f"Lease({str(out)!r}, 0, 1).acquire(); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = subprocess.run([sys.executable, "-m", "fastpurify", "sweep", str(EXAMPLE), "--set",
+                            f"out={json.dumps(str(out))}", "--set", "data.n=2", "--quiet"],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and f"pid {holder.pid} on {socket.gethostname()}" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and not (out / "records").exists()
+        assert read_leases(out)[0]["pid"] == holder.pid
+    finally:
+        holder.kill()
+        holder.wait()

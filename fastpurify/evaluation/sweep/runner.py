@@ -119,13 +119,12 @@ def run_sweep(cfg: SweepConfig, env=None, break_lease: bool = False) -> dict:
         lease.release()
 
 
-def _run(cfg, env, device, plan, specs, pcfg, out, cid, msha, lease) -> dict:
-    data, ids, labels, models, defences, ensembles = (plan.data, plan.ids, plan.labels, plan.models, plan.defences,
-                                                      plan.ensembles)
+def _start(cfg, env, plan, out, cid, lease):
+    """The sweep directory, the finished records, the barrier and this rank's share; its launch file."""
     ensure_sweep_dir(cfg, plan.manifest_text)
     done = finished_pairs(read_shards(out), cid)
-    start_barrier(env, device.type)
-    pairs = my_work(ids, list(defences), done, env)
+    start_barrier(env, torch.device(cfg.device).type)
+    pairs = my_work(plan.ids, list(plan.defences), done, env)
     writer = RecordWriter(out, env.rank)
     lease.set_attempt(writer.attempt)
     launch = {"rank": env.rank, "world_size": env.world_size, "attempt": writer.attempt, "torchrun": env.torchrun,
@@ -135,17 +134,25 @@ def _run(cfg, env, device, plan, specs, pcfg, out, cid, msha, lease) -> dict:
     (out / "launches").mkdir(exist_ok=True)
     write_atomic(out / "launches" / f"r{env.rank}-a{writer.attempt}.json", json.dumps(launch, indent=2) + "\n")
     _log(f"sweep {cid} rank {env.rank}/{env.world_size} attempt {writer.attempt}: {len(pairs)} (method, image) "
-         f"pairs to do; {len(done)} of {len(ids) * len(defences)} finished before")
+         f"pairs to do; {len(done)} of {len(plan.ids) * len(plan.defences)} finished before")
+    return pairs, writer
 
-    seeds = run_seeds(cfg.seed, specs)
-    common = {"config_id": cid, "manifest_sha256": msha, "ensemble": cfg.ensemble,
-              "grad_mode": "+".join(dict.fromkeys(a.grad for a in cfg.attacks)), "norm": cfg.norm, "eps": cfg.eps,
-              "n_reevals": cfg.n_reevals, "n_select": cfg.n_select or cfg.n_reevals, "seeds": seeds, "dtype": cfg.dtype,
-              "backend": cfg.backend or "auto",
-              "device": device.type, "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-              "versions": versions(), "protocol": PROTOCOL, "rank": env.rank, "world_size": env.world_size,
-              "attempt": writer.attempt}
-    label_of = dict(zip(ids, labels[ids].tolist()))
+
+def _common(cfg, env, device, specs, cid, msha, attempt) -> dict:
+    """The fields every record of this attempt shares."""
+    return {"config_id": cid, "manifest_sha256": msha, "ensemble": cfg.ensemble,
+            "grad_mode": "+".join(dict.fromkeys(a.grad for a in cfg.attacks)), "norm": cfg.norm, "eps": cfg.eps,
+            "n_reevals": cfg.n_reevals, "n_select": cfg.n_select or cfg.n_reevals, "seeds": run_seeds(cfg.seed, specs),
+            "dtype": cfg.dtype, "backend": cfg.backend or "auto", "device": device.type,
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "versions": versions(),
+            "protocol": PROTOCOL, "rank": env.rank, "world_size": env.world_size, "attempt": attempt}
+
+
+def _run(cfg, env, device, plan, specs, pcfg, out, cid, msha, lease) -> dict:
+    data, ids, models, defences, ensembles = plan.data, plan.ids, plan.models, plan.defences, plan.ensembles
+    pairs, writer = _start(cfg, env, plan, out, cid, lease)
+    common = _common(cfg, env, device, specs, cid, msha, writer.attempt)
+    label_of = dict(zip(ids, plan.labels[ids].tolist()))
     method_names = {m.label: m.name for m in cfg.methods}
     grid_ids = set(ids[:cfg.grid])
     large_ids = frozenset(ids[:cfg.large_eps_n] if cfg.large_eps else [])
