@@ -41,7 +41,8 @@ def test_cache_key_follows_the_defence_flags_and_the_attacks():
     def key(defence=None, attacks=attacks, **kw):
         defence = defence or Defence("d", nn.Identity())
         return cache_key(defence, attacks, **{"split": "test", "ids": ids, "cfg": cfg, "settings": None,
-                                              "t_star": None, **kw})
+                                              "t_star": None, "x": torch.zeros(4, 1, 2, 2),
+                                              "y": torch.zeros(4, dtype=torch.long), "networks": (), **kw})
 
     assert key() == key()
     assert key(Defence("d", nn.Identity(), robust_classifier=True)) != key()

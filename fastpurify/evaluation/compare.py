@@ -55,10 +55,19 @@ def default_settings(name: str, paper: bool = False) -> tuple[dict | None, int |
     return BUDGET[name]
 
 
-def cache_key(defence, attacks, *, split: str, ids, cfg: ProtocolConfig, settings, t_star) -> str:
-    """Everything a defence's result depends on: the defence as built (its flags and purifier configuration), the
-    attack list, the data and the protocol settings."""
-    parts = (defence.describe(), [a.as_dict() for a in attacks], split, ids.tolist(), cfg, repr(settings), t_star)
+def cache_key(defence, attacks, *, split: str, ids, cfg: ProtocolConfig, settings, t_star, x, y, networks) -> str:
+    """Everything a defence's result depends on: the code (version and a hash of the package's source, so a
+    docs-only change keeps the cache), the defence as built (its flags and purifier configuration), the weights of
+    `networks` (the diffusion model, classifier and φ), the attack list with the PGD settings it resolves to
+    (default step sizes included), the data's contents, and the protocol settings."""
+    from .. import _version
+    from ..attacks.adaptive import pgd_config_for
+    from .fingerprint import tensors_fingerprint, weights_fingerprint
+
+    resolved = [pgd_config_for(a, defence, cfg.eps, cfg.norm, cfg.eot_chunk).as_dict() for a in attacks]
+    parts = (_version.__version__, _version.code_fingerprint(), defence.describe(), weights_fingerprint(*networks),
+             [a.as_dict() for a in attacks], resolved, split, ids.tolist(), tensors_fingerprint(x, y, ids), cfg,
+             repr(settings), t_star)
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
@@ -67,7 +76,8 @@ def evaluate_cached(name, models, aux, x, y, ids, *, settings, t_star, steps, eo
     """evaluate() of one defence, read from / written to cache (keyed by everything the result depends on)."""
     defence = build_defence(name, models.diffusion, models.classifier, aux, settings=settings, t_star=t_star)
     attacks = default_attacks(defence, steps=steps, eot=eot)
-    key = cache_key(defence, attacks, split=split, ids=ids, cfg=cfg, settings=settings, t_star=t_star)
+    key = cache_key(defence, attacks, split=split, ids=ids, cfg=cfg, settings=settings, t_star=t_star, x=x, y=y,
+                    networks=(models.diffusion, models.classifier, aux))
     path = cache / f"{name.replace('+', '_')}-{split}-{key}.json"
     if path.exists():
         log(f"{name} ({split}): cached {path.name}")

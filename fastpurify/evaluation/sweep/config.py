@@ -275,13 +275,18 @@ def settings_problems(name: str, *, settings: dict | None = None, t_star=None, s
 
 # ------------------------------------------------------------------------------------------------ identity
 def identity(cfg: SweepConfig) -> dict:
-    """The fields that can change a result (the config id hashes these)."""
+    """The fields that can change a result (the config id hashes these), and the code that computes it: the package
+    version and a hash of its source, so records of other code are never mixed in on a resume (docs-only changes
+    keep the id)."""
     import torch
+
+    from ... import _version
 
     d = cfg.as_dict()
     for k in RUNTIME_FIELDS:
         d.pop(k)
     d["device"] = torch.device(cfg.device).type  # cuda:0 and cuda:1 give the same results
+    d["code"] = {"version": _version.__version__, "fingerprint": _version.code_fingerprint()}
     return d
 
 
