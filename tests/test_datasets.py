@@ -143,6 +143,7 @@ def standins(tmp_path_factory):
                .state_dict(), d / "ddpm100.ckpt")
     torch.save({"state_dict": DMWideResNet(depth=10, width=1, num_classes=100).state_dict()}, d / "c100.pt")
     torch.save({"conv.weight": torch.zeros(3, 3, 3, 3)}, d / "unknown.pt")
+    (d / "notes.pt").write_text("not a checkpoint")
     _tree(d / "val", [CHIHUAHUA, RACER], n=1)
     (d / "ids.txt").write_text(f"val/{RACER}/ILSVRC_0.JPEG\n{CHIHUAHUA}/ILSVRC_0.JPEG\n")
     _cifar100(d / "cifar-100-python", n=500)
@@ -201,6 +202,7 @@ def test_each_wrong_checkpoint_is_one_line_rc_2(standins, capsys):
                                                              "[model.diffusion_config]"]),
         ({"model.classifier": d / "unknown.pt"}, ["model.classifier", "supported kinds: wrn, dm-wrn, resnet50"]),
         ({"model.classifier": d / "adm256.pt"}, ["model.classifier", "'adm' diffusion model, not a classifier"]),
+        ({"model.classifier": d / "notes.pt"}, ["model.classifier", "not a PyTorch checkpoint"]),
         ({"model.diffusion": d / "resnet50.pth", "model.diffusion_kind": ""},
          ["model.diffusion", "'resnet50' classifier, not a diffusion model"]),
         ({"model.diffusion": d / "ddpm100.ckpt", "model.diffusion_kind": "ddpm",

@@ -118,6 +118,11 @@ def read_file(path) -> tuple[object, dict]:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         return load_file(str(path)), meta
+    with open(path, "rb") as f:  # torch.save writes a zip archive (or, before 1.6, a protocol-2 pickle)
+        head = f.read(2)
+    if head != b"PK" and head[:1] != b"\x80":
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle) "
+                              "and not a .safetensors file")
     return _torch_load(path), {}
 
 

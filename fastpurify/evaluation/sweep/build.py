@@ -10,6 +10,8 @@ than the model only when the config asks for it (model.allow_downsample).
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from dataclasses import dataclass
 
 import torch
@@ -44,9 +46,11 @@ def _load(what: str, fn, problems: list[str]):
 
     try:
         return fn()
-    except (CheckpointError, ConfigError, FileNotFoundError, OSError, TypeError, ValueError, RuntimeError) as e:
+    except (CheckpointError, ConfigError, OSError, TypeError, ValueError, RuntimeError) as e:
         problems.append(f"model.{what}: " + " ".join(str(e).split()))
-        return None
+    except (KeyError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:  # torch.load on a non-checkpoint
+        problems.append(f"model.{what}: not a PyTorch checkpoint or safetensors file ({type(e).__name__}: {e})")
+    return None
 
 
 def _diffusion(m, cfg: SweepConfig, device, dtype):
