@@ -239,3 +239,11 @@ def test_a_classifier_with_other_classes_than_the_data_is_one_line(standins, tmp
     rc, out = _check(capsys, "sweep_cifar100.toml", f'data.path="{standins / "cifar-100-python"}"',
                      f'model.diffusion="{standins / "ddpm100.ckpt"}"', f'model.classifier="{tmp_path / "c10.pt"}"')
     _one_line_rc2(rc, out, "returns (1, 10) logits; cifar100/test has 100 classes")
+
+
+def test_grey_images_for_colour_models_are_a_line_not_a_traceback(standins, tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.zeros((4, 32, 32, 1), np.uint8)), np.save(tmp_path / "y.npy", np.arange(4))
+    rc, out = _check(capsys, "sweep_cifar100.toml", f'data.path="{tmp_path / "x.npy"}"',
+                     f'data.labels="{tmp_path / "y.npy"}"', "data.n=4",
+                     f'model.diffusion="{standins / "ddpm100.ckpt"}"', f'model.classifier="{standins / "c100.pt"}"')
+    _one_line_rc2(rc, out, "1×32×32 but the diffusion model takes square 3-channel")

@@ -172,8 +172,12 @@ def check_fit(models: Models, sample: torch.Tensor, data, ids, labels, cfg: Swee
     elif h != d.image_size:
         notes.append(f"resize: the purifier runs at {d.image_size}×{d.image_size}: the {h}×{w} images are resized "
                      f"{h} → {d.image_size} → {h} (bilinear, inside autograd) around it")
-    with torch.no_grad():
-        out = models.classifier(sample.to(models.device, models.input_dtype))
+    try:
+        with torch.no_grad():
+            out = models.classifier(sample.to(models.device, models.input_dtype))
+    except (RuntimeError, ValueError) as e:  # e.g. channels or size the network cannot take
+        problems.append(f"model.classifier fails on a {c}×{h}×{w} image of the data: " + " ".join(str(e).split()))
+        return None
     top = int(labels[ids].max())
     if out.dim() != 2 or (out.shape[1] != data.n_classes if data.n_classes else out.shape[1] <= top):
         problems.append(f"model.classifier returns {tuple(out.shape)} logits; {data.name} has "
