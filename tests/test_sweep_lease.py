@@ -85,10 +85,10 @@ def test_another_runs_rank_blocks_a_run_with_other_ranks(tmp_path):
             Lease(tmp_path, 1, 2, environ={"TORCHELASTIC_RUN_ID": "new"}).acquire()
     finally:
         held.release()
-    # peers of one torchrun run do not block each other
-    env = {"TORCHELASTIC_RUN_ID": "abc"}
-    a, b = Lease(tmp_path, 0, 2, environ=env).acquire(), Lease(tmp_path, 1, 2, environ=env).acquire()
-    a.release(), b.release()
+    # peers of one run do not block each other: torchrun's, or ranks started by hand (no token, one world size)
+    for env in ({"TORCHELASTIC_RUN_ID": "abc"}, {}):
+        a, b = Lease(tmp_path, 0, 2, environ=env).acquire(), Lease(tmp_path, 1, 2, environ=env).acquire()
+        a.release(), b.release()
 
 
 def test_a_second_sweep_on_a_held_directory_is_refused_before_any_work(tmp_path, capsys):

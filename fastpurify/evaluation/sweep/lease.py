@@ -2,7 +2,7 @@
 run it belongs to, the attempt and a heartbeat rewritten every `HEARTBEAT_S` seconds by a daemon thread.
 
 A rank refuses to start while another live run holds its lease, or any lease of another run (torchrun's run id,
-a Slurm job id, or the world size tells runs apart), because two runs on one directory write duplicate records.
+a Slurm job id and the world size tell runs apart), because two runs on one directory write duplicate records.
 A lease is stale — taken over — only when it was taken on this host, its heartbeat stopped and its process is gone
 (pid absent, or reused by a process that started later).  On another host nothing is assumed: the user says the
 holder is dead with `--break-lease`.  The lease is released when the rank finishes or fails; a killed rank leaves
@@ -101,9 +101,12 @@ class Lease:
 
     def _check_others(self) -> None:
         for rank, other in read_leases(self.path.parent.parent).items():
-            if rank == self.rank or (other.get("run") == self.info["run"] and self.info["run"]
+            # our own rank is handled in acquire; a peer rank of this run has the same run token and world size
+            # (without a token — ranks started by hand — the world size alone: two such runs of one size still
+            # collide on every rank's own lease)
+            if rank == self.rank or (other.get("run") == self.info["run"]
                                      and other.get("world_size") == self.info["world_size"]):
-                continue  # our own rank (handled in acquire) or a peer rank of this run
+                continue
             state, why = lease_state(other)
             if state == "live" or (state == "unknown" and not self.break_lease):
                 self._refuse(other, why)
