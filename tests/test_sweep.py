@@ -458,3 +458,19 @@ def test_docs_sweeps_lists_every_config_key():
             if not dataclasses.is_dataclass(f.type) and f.name not in ("data", "model", "methods", "attacks",
                                                                         "default_ensemble"):
                 assert f"| `{f.name}` |" in text, f"{cls.__name__}.{f.name} is not in docs/SWEEPS.md"
+
+
+def test_a_failed_convergence_check_names_the_rerun_that_doubles_the_steps():
+    from fastpurify.evaluation.sweep.report import _escalation
+
+    rep = {"ensemble": {"attacks": [{"name": "pgd-full", "steps": 10}, {"name": "x", "steps": 5}]},
+           "default_ensemble": {"use": False, "steps": 20},
+           "results": [{"method": "ddim@20", "checks": [{"name": "pgd-full_converged", "passed": False},
+                                                        {"name": "x_converged", "passed": True}]}]}
+    text = "\n".join(_escalation(rep))
+    assert "ddim@20: pgd-full has not converged at 10 steps" in text and "`--set attacks.0.steps=20`" in text
+    assert "x has not" not in text
+    rep["default_ensemble"] = {"use": True, "steps": 10}
+    assert "`--set default_ensemble.steps=20`" in "\n".join(_escalation(rep))
+    rep["results"][0]["checks"][0]["passed"] = True
+    assert _escalation(rep) == []

@@ -200,6 +200,7 @@ def build_report(mg: Merged, partial: bool) -> dict:
         "threat_model": {"norm": cfg["norm"], "eps": cfg["eps"], "scale": "[0, 1]",
                          "white_box": "purifier weights, sampler and noise model known to the attacker"},
         "ensemble": {"name": cfg["ensemble"], "attacks": cfg["attacks"]},
+        "default_ensemble": cfg.get("default_ensemble", {}),
         "n_reevals": cfg["n_reevals"], "seed": cfg["seed"],
         "completeness": {m: {"done": len(mg.rows[m]), "missing": mg.missing[m], "duplicates":
                              len(mg.duplicates[m])} for m in mg.methods},
@@ -261,6 +262,7 @@ def markdown(report: dict) -> str:
             state = "ok" if c["passed"] else f"FAILED ({c.get('reason') or 'see report.json'})"
             value = "" if c["value"] is None else f" {c['value']:.4g} vs {c['threshold']:.4g}"
             lines.append(f"- {r['method']}: {c['name']} {state}{value}")
+    lines += _escalation(report)
     for name, path in sorted(report.get("plots", {}).items()):
         lines.append(f"![{name}]({path})")
     for g in report.get("grids", []):
@@ -270,6 +272,26 @@ def markdown(report: dict) -> str:
                   "adversarial pred (first report draw): " + " ".join(str(v) for v in g["adv_preds"]),
                   "pred on the purified image shown: " + " ".join(str(v) for v in g["purified_preds"])]
     return "\n".join(lines) + "\n"
+
+
+def _escalation(report: dict) -> list[str]:
+    """A sweep does not escalate inside a run (per-batch escalation would make results depend on the batch
+    composition): a failed convergence check names the rerun that doubles the attack's steps, in a new directory."""
+    attacks = {a["name"]: (i, a) for i, a in enumerate(report["ensemble"]["attacks"])}
+    default = report.get("default_ensemble") or {}
+    out = []
+    for r in report["results"]:
+        for c in r["checks"]:
+            name = c["name"].removesuffix("_converged")
+            if c["passed"] is False and c["name"].endswith("_converged") and name in attacks:
+                i, a = attacks[name]
+                how = (f"--set default_ensemble.steps={2 * a['steps']}" if default.get("use")
+                       and a["steps"] == default.get("steps") else
+                       f"steps = {2 * a['steps']} in its [[attacks]] entry" if default.get("use") else
+                       f"--set attacks.{i}.steps={2 * a['steps']}")
+                out.append(f"  - {r['method']}: {name} has not converged at {a['steps']} steps; rerun with twice the "
+                           f"steps in a new out directory: `{how}`")
+    return ["", "Escalation (a sweep does not rerun attacks itself):", *out] if out else []
 
 
 def write_report(out, *, partial: bool = False, dest=None) -> dict:
