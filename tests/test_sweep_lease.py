@@ -30,7 +30,8 @@ def _write_lease(out: Path, rank: int, **info) -> None:
     d = out / "leases"
     d.mkdir(parents=True, exist_ok=True)
     base = {"rank": rank, "world_size": 1, "host": socket.gethostname(), "pid": _dead_pid(), "proc_start": None,
-            "run": "", "attempt": 0, "started": time.time() - 60, "heartbeat": time.time() - 60, "heartbeat_s": 30}
+            "run": "", "attempt": 0, "started": time.time() - 3600, "heartbeat": time.time() - 3600,
+            "heartbeat_s": 30}
     (d / f"r{rank}.json").write_text(json.dumps({**base, **info}))
 
 
@@ -51,6 +52,27 @@ def test_a_lease_whose_process_is_gone_on_this_host_is_taken_over(tmp_path):
     lease = Lease(tmp_path, 0, 1).acquire()
     assert read_leases(tmp_path)[0]["pid"] == lease.info["pid"]
     lease.release()
+
+
+def test_a_gone_process_whose_heartbeat_has_not_stopped_is_waited_out_not_taken_at_once(tmp_path):
+    """Gone from this host's process table is not enough (a pid can be invisible from another PID namespace): the
+    taker waits until the heartbeat counts as stopped; a heartbeat that moves meanwhile is a live holder."""
+    _write_lease(tmp_path, 0, heartbeat=time.time(), heartbeat_s=0.1)
+    assert lease_state(read_leases(tmp_path)[0])[0] == "ending"
+    lease = Lease(tmp_path, 0, 1).acquire()  # waits ~0.3 s, then takes it
+    lease.release()
+    path = tmp_path / "leases" / "r0.json"
+    _write_lease(tmp_path, 0, heartbeat=time.time(), heartbeat_s=0.2)
+    beat = subprocess.Popen([sys.executable, "-c", "import json, sys, time\n"
+                             f"p = {str(path)!r}\nfor _ in range(40):\n"
+                             "    d = json.load(open(p)); d['heartbeat'] = time.time(); json.dump(d, open(p, 'w'))\n"
+                             "    time.sleep(0.05)\n"])
+    try:
+        with pytest.raises(LeaseHeld, match="its heartbeat moved"):
+            Lease(tmp_path, 0, 1).acquire()
+    finally:
+        beat.kill()
+        beat.wait()
 
 
 def test_a_live_process_with_a_stopped_heartbeat_is_not_stale(tmp_path):
@@ -114,7 +136,7 @@ def test_status_tells_dead_from_running(tmp_path):
     w = RecordWriter(out, 1)  # an unfinished attempt of rank 1 ...
     w.write([])
     _write_lease(out, 1, attempt=w.attempt)  # ... whose process is gone
-    assert "DEAD: pid" in status(out) and "(process gone)" in status(out)
+    assert "DEAD: pid" in status(out) and "(process gone, heartbeat stopped)" in status(out)
     live = Lease(out, 1, 1).acquire()  # taken over by a live process: that attempt runs
     live.set_attempt(w.attempt)
     try:

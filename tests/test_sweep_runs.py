@@ -49,7 +49,8 @@ def _torchrun(out: Path, nproc: int, *extra, fault: str | None = None) -> subpro
            "-m", "fastpurify", "sweep", str(EXAMPLE)]
     for s in _sets(out, *extra):
         cmd += ["--set", s]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # a 1 s heartbeat: a restart right after a kill waits 3 s (not 90) for the killed ranks' leases to go stale
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FASTPURIFY_SWEEP_HEARTBEAT_S": "1"}
     env.pop("FASTPURIFY_SWEEP_FAULT", None)
     if fault:
         env["FASTPURIFY_SWEEP_FAULT"] = fault

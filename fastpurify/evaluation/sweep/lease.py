@@ -4,7 +4,8 @@ run it belongs to, the attempt and a heartbeat rewritten every `HEARTBEAT_S` sec
 A rank refuses to start while another live run holds its lease, or any lease of another run (torchrun's run id,
 a Slurm job id and the world size tell runs apart), because two runs on one directory write duplicate records.
 A lease is stale — taken over — only when it was taken on this host, its heartbeat stopped and its process is gone
-(pid absent, or reused by a process that started later).  On another host nothing is assumed: the user says the
+(pid absent, or reused by a process that started later); a rank restarted right after a kill waits for the old
+heartbeat to count as stopped (STOPPED_AFTER heartbeats).  On another host nothing is assumed: the user says the
 holder is dead with `--break-lease`.  The lease is released when the rank finishes or fails; a killed rank leaves
 it behind, which is how `sweep status` tells a dead attempt from a slow one.
 """
@@ -57,18 +58,39 @@ def run_token(environ=None) -> str:
 
 
 def lease_state(info: dict, now: float | None = None) -> tuple[str, str]:
-    """('live' | 'stale' | 'unknown', why).  On this host the process decides: alive (even with its heartbeat
-    stopped, e.g. hung) → live; gone → its heartbeat has stopped for good → stale.  Another host → unknown (never
-    assumed dead; the why says whether its heartbeat stopped)."""
+    """('live' | 'ending' | 'stale' | 'unknown', why).  On this host: a process that exists holds its lease, even
+    with its heartbeat stopped (slow or hung is not dead); a process that is gone leaves a stale lease once its
+    heartbeat has stopped too ('ending' until then: a pid may be invisible from another PID namespace, a heartbeat
+    is not).  Another host → unknown, never assumed dead; the why says whether its heartbeat stopped."""
     now = time.time() if now is None else now
     age = now - info.get("heartbeat", 0)
-    stopped = age > STOPPED_AFTER * info.get("heartbeat_s", HEARTBEAT_S)
+    limit = STOPPED_AFTER * info.get("heartbeat_s", HEARTBEAT_S)
+    stopped = age > limit
     where = f"pid {info.get('pid')} on {info.get('host')}, last heartbeat {age:.0f} s ago"
     if info.get("host") != socket.gethostname():
         return "unknown", where + (" (heartbeat stopped: dead or hung, on another host)" if stopped else "")
     if process_alive(info["pid"], info.get("proc_start")):
         return "live", where + (" (process alive, heartbeat stopped: hung?)" if stopped else "")
-    return "stale", where + " (process gone)"
+    if not stopped:
+        return "ending", where + f" (process gone; its heartbeat counts as stopped after {limit:.0f} s)"
+    return "stale", where + " (process gone, heartbeat stopped)"
+
+
+def _settled(path: Path, info: dict) -> tuple[dict, str, str]:
+    """Wait out an 'ending' lease (a holder gone from this host whose heartbeat has not yet stopped): sleep until
+    it would have stopped, re-read; a heartbeat that moved meanwhile means a live holder after all."""
+    state, why = lease_state(info)
+    while state == "ending":
+        limit = STOPPED_AFTER * info.get("heartbeat_s", HEARTBEAT_S)
+        time.sleep(max(0.05, info.get("heartbeat", 0) + limit - time.time() + 0.05))
+        try:
+            again = json.loads(path.read_text())
+        except (ValueError, OSError):
+            return info, "stale", why  # removed or being replaced: the taker's O_EXCL decides
+        if again.get("heartbeat") != info.get("heartbeat") or again.get("pid") != info.get("pid"):
+            return again, "live", lease_state(again)[1] + " (its heartbeat moved)"
+        info, (state, why) = again, lease_state(again)
+    return info, state, why
 
 
 def read_leases(out) -> dict[int, dict]:
@@ -107,7 +129,7 @@ class Lease:
             if rank == self.rank or (other.get("run") == self.info["run"]
                                      and other.get("world_size") == self.info["world_size"]):
                 continue
-            state, why = lease_state(other)
+            other, state, why = _settled(self.path.with_name(f"r{rank}.json"), other)
             if state == "live" or (state == "unknown" and not self.break_lease):
                 self._refuse(other, why)
 
@@ -123,7 +145,7 @@ class Lease:
                 except (ValueError, OSError):
                     time.sleep(0.1)
                     continue
-                state, why = lease_state(holder)
+                holder, state, why = _settled(self.path, holder)
                 if state == "live" or (state == "unknown" and not self.break_lease):
                     self._refuse(holder, why)
                 # stale (or broken on request): move it aside; O_EXCL then lets exactly one taker in

@@ -117,7 +117,7 @@ def attempt_state(s: ShardFile, leases: dict[int, dict], now: float) -> tuple[st
     if lease is None or lease.get("attempt") != s.attempt:
         return "DEAD: ended without finishing (killed or failed; no lease of this attempt left)", False
     state, why = lease_state(lease, now)
-    if state == "stale":
+    if state in ("stale", "ending"):
         return f"DEAD: {why}", False
     if state == "live":
         return f"running ({why})", True
