@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -82,7 +83,9 @@ def _settled(path: Path, info: dict) -> tuple[dict, str, str]:
     state, why = lease_state(info)
     while state == "ending":
         limit = STOPPED_AFTER * info.get("heartbeat_s", HEARTBEAT_S)
-        time.sleep(max(0.05, info.get("heartbeat", 0) + limit - time.time() + 0.05))
+        wait = max(0.05, info.get("heartbeat", 0) + limit - time.time() + 0.05)
+        print(f"lease {path.name}: {why}; waiting {wait:.0f} s before taking it over", file=sys.stderr, flush=True)
+        time.sleep(wait)
         try:
             again = json.loads(path.read_text())
         except (ValueError, OSError):
