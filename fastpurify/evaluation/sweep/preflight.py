@@ -1,8 +1,8 @@
 """Validation before any work: what `fastpurify sweep check`, `fastpurify sweep` and `fastpurify compare` share.
 
-`settings_problems` (config.py, re-exported here) resolves a method's sampler settings the way the build will (every round's preset with its
-t* and steps) without any model, so a setting the build would reject (sampler steps beyond t*, a DDIM preset
-without steps, a guidance scale on a method without guidance) is named before anything runs.  `preflight` goes on
+`settings_problems` (config.py, re-exported here) resolves a method's sampler settings the way the build will
+(every round's preset with its t* and steps) without any model, so a setting the build would reject (sampler steps
+beyond t*, a DDIM preset without steps, a guidance scale on a method without guidance) is named before anything runs.  `preflight` goes on
 to do everything the run does before its first batch — open the data, select the ids, decode one image, load both
 models (and the auxiliary network), build every defence with its resize, match the attacks — and collects every
 problem as one line; `sweep check` prints them (rc 2), the run raises on them before writing anything.
