@@ -92,7 +92,7 @@ def _fake_checkout(root: Path) -> Path:
     (root / "csrc").mkdir()
     (root / "csrc" / "op.cu").write_text("// kernel\n")
     (root / "docs").mkdir()
-    (root / "docs" / "GUIDE.md").write_text("# guide\n")
+    (root / "docs" / "guide.txt").write_text("# guide\n")
     (root / "tests").mkdir()
     (root / "tests" / "test_a.py").write_text("def test(): pass\n")
     return root / "pkg"
@@ -107,7 +107,7 @@ def test_fingerprint_covers_package_code_only(tmp_path, monkeypatch):
         return _version.code_fingerprint.__wrapped__()
 
     base = fp()
-    (tmp_path / "docs" / "GUIDE.md").write_text("# guide, reworded\n")
+    (tmp_path / "docs" / "guide.txt").write_text("# guide, reworded\n")
     (tmp_path / "tests" / "test_a.py").write_text("def test(): assert True\n")
     (tmp_path / "pkg" / "notes.txt").write_text("not code\n")
     assert fp() == base
