@@ -84,3 +84,16 @@ def test_diffpure_is_not_flagged_as_masked_and_escalates_instead(digits_data):
             assert "see its check" in c["detail"] or "skipped" in c["detail"]
             base = name.removesuffix("_converged")
             assert any(a["attack"].startswith(base + "@") for a in r["attacks"])
+
+
+def test_finite_differences_that_change_with_h_give_no_verdict():
+    """A strongly guided sampler in float32 (AGDM at scale 3000): finite differences that disagree among step
+    sizes neither confirm nor refute the gradient — 'not run', never a masking verdict; a zero gradient is one."""
+    from fastpurify.evaluation.checks import _fidelity_check
+
+    f = {"rel_error": 0.62, "h": 0.01, "fd_spread": 0.84, "dtype": "float32", "identity_backward": False,
+         "zero_gradient": False, "n": 4, "directions": 2}
+    c = _fidelity_check(f, CFG)
+    assert c["passed"] is None and c["detail"].startswith("not run")
+    assert _fidelity_check({**f, "fd_spread": 0.001}, CFG)["passed"] is False  # stable and wrong: approximate
+    assert _fidelity_check({**f, "zero_gradient": True}, CFG)["passed"] is False
