@@ -95,6 +95,9 @@ def test_traits_by_name_match_the_built_defences():
     ("large_eps=0.1", "must exceed eps"),
     ("large_eps_n=-1", "large_eps and large_eps_n must be >= 0"),
     ("large_eps=0", None),                                 # the check switched off
+    ("n_select=0", "n_select must be >= 1"),              # ProtocolConfig's unset is None: leave it out
+    ("eot_chunk=0", "eot_chunk must be >= 1"),
+    ("n_select=3", None),
     ("methods.0.attacks=[\"pgd-nope\"]", "are not in [[attacks]]"),
     ("methods.0.attacks=[\"pgd-bpda\"]", None),           # a method may run a part of the ensemble
     (["default_ensemble.use=true", "default_ensemble.eot=0"], "default_ensemble: need"),
@@ -155,6 +158,42 @@ def test_changed_config_is_refused_naming_the_fields(tmp_path):
         ensure_sweep_dir(_cfg(tmp_path, "eps=0.1", "attacks.1.steps=3"), manifest_lines([0, 1], [3, 4], str))
     # eps also moves both default step sizes (2.5·eps/steps): the resolved values are what is compared
     assert "changed: attacks.0.step_size, attacks.1.step_size, attacks.1.steps, eps." in str(e.value)
+
+
+def test_changed_schema_is_refused_on_resume(tmp_path):
+    """A directory written before the attack / protocol keys came from AttackSpec / ProtocolConfig (no 'schema' in
+    its identity, variant "" and n_select 0 for unset) is refused, naming 'schema', never mixed."""
+    cfg = _cfg(tmp_path)
+    ensure_sweep_dir(cfg, manifest_lines([0, 1], [3, 4], str))
+    stored = Path(cfg.out) / "config.json"
+    old = json.loads(stored.read_text())
+    del old["identity"]["schema"]
+    old["config_id"] = "0" * 16
+    stored.write_text(json.dumps(old))
+    with pytest.raises(ConfigError, match="changed: schema"):
+        ensure_sweep_dir(cfg, manifest_lines([0, 1], [3, 4], str))
+
+
+def test_sweep_attack_and_protocol_keys_are_the_spec_and_protocol_fields():
+    """One definition: an [[attacks]] entry has AttackSpec's fields and defaults (grad None = the sweep's grad), the
+    protocol keys ProtocolConfig's, and the sweep builds both without translating values."""
+    import dataclasses
+
+    from fastpurify.attacks import AttackSpec
+    from fastpurify.evaluation.protocol import ProtocolConfig
+    from fastpurify.evaluation.sweep import config as c
+
+    spec = {f.name: f.default for f in dataclasses.fields(AttackSpec)}
+    mine = {f.name: f.default for f in dataclasses.fields(c.AttackConfig)}
+    assert mine == {**spec, "name": "", "grad": None}
+    proto = {f.name: f.default for f in dataclasses.fields(ProtocolConfig)}
+    sweep = {f.name: f.default for f in dataclasses.fields(c.SweepConfig)}
+    assert {k: sweep[k] for k in c.PROTOCOL_KEYS} == {**{k: proto[k] for k in c.PROTOCOL_KEYS}, "eps": 0.0}
+    a = c.AttackConfig(name="x", grad="bpda")
+    assert a.to_spec() == AttackSpec("x", grad="bpda")
+    assert c.SweepConfig(eps=0.1, n_select=3).protocol() == ProtocolConfig(eps=0.1, n_select=3)
+    from fastpurify.evaluation.defences import BASELINES
+    assert c.BASELINES is BASELINES
 
 
 # ------------------------------------------------------------------------------------------------ data

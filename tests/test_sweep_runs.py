@@ -129,6 +129,21 @@ def test_reference_run_and_its_report(reference):
     assert _run_here(reference, "batch_size=4")["records"] == 0
 
 
+def test_report_refuses_a_directory_of_an_older_config_schema(reference, tmp_path):
+    """A sweep written before the [[attacks]] / protocol keys became AttackSpec's / ProtocolConfig's fields (variant ""
+    and n_select 0 for unset) is refused by the report with the reason, not read under the new meaning."""
+    from fastpurify.evaluation.sweep import main
+    from fastpurify.evaluation.sweep.config import ConfigError
+
+    old = tmp_path / "old"
+    shutil.copytree(reference, old, ignore=shutil.ignore_patterns("report", "leases"))
+    stored = json.loads((old / "config.json").read_text())
+    del stored["identity"]["schema"]
+    (old / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(ConfigError, match="schema 1, this code reads schema 2"):
+        write_report(old)
+    assert main(["report", str(old)]) == 2 and not (old / "report").exists()
+
 def test_torchrun_two_gloo_ranks_equal_one_process_and_batch_size_changes_nothing(reference, tmp_path):
     out = tmp_path / "w2"
     p = _torchrun(out, 2, "batch_size=1")

@@ -19,6 +19,7 @@ from torch import nn
 
 from ...api import Purifier
 from ...attacks import AttackSpec, Defence
+from ...attacks.adaptive import objective_for
 from ...methods import MethodPurifier, ResizePurifier, with_scale
 from ..defences import build_defence as build_named_defence
 from .config import BASELINES, GUIDED_OR_MULTI, ConfigError, MethodConfig, ModelConfig, SweepConfig
@@ -132,26 +133,22 @@ def t_star_of(defence: Defence) -> tuple[int | None, float | None]:
 
 
 def applicable(spec: AttackSpec, defence: Defence) -> str | None:
-    """None when the attack can run on this defence, else why not (it is then left out for this method)."""
-    if spec.kind in ("aux", "joint") and defence.aux is None:
-        return f"a {spec.kind!r} attack needs a defence with an auxiliary network"
-    if spec.kind in ("per_step", "joint", "forward_only") and defence.purifier is None:
-        return f"a {spec.kind!r} attack needs a purifier"
+    """None when the attack can run on this defence, else why not (it is then left out for this method): the
+    attack's own objective refuses a defence without the parts it needs; variants and the adjoint are checked here."""
+    try:
+        objective_for(defence, spec)
+    except ValueError as e:
+        return str(e)
     if spec.variant is not None and spec.variant not in defence.variants:
         return f"the defence has no variant {spec.variant!r} (has: {sorted(defence.variants) or 'none'})"
     if spec.grad == "adjoint" and defence.purifier is not None:
-        first = getattr(defence.purifier, "purifier", defence.purifier)
-        inner = getattr(first, "inner", first)
-        inner = inner.rounds[0] if hasattr(inner, "rounds") else inner
-        if inner.config.preset.sampler != "vpsde":
+        if defence.purifier.first_round().config.preset.sampler != "vpsde":
             return "grad='adjoint' is the VP-SDE adjoint"
     return None
 
 
 def attack_specs(cfg: SweepConfig) -> list[AttackSpec]:
-    return [AttackSpec(a.name, kind=a.kind, loss=a.loss, steps=a.steps, eot=a.eot, step_size=a.step_size,
-                       random_start=a.random_start, grad=a.grad, variant=a.variant or None, weight=a.weight,
-                       kappa=a.kappa, states=a.states, cascade=a.cascade) for a in cfg.attacks]
+    return [a.to_spec() for a in cfg.attacks]
 
 
 def check_fit(models: Models, sample: torch.Tensor, data, ids, labels, cfg: SweepConfig, problems: list[str],

@@ -9,10 +9,14 @@ validation before any work starts (validation.py; docs/SWEEPS.md lists every key
     [data]      dataset, split, path, labels, label_type, class_map, subset, n, ids, ids_file, data_seed
     [model]     diffusion, classifier (files or "digits"), their kinds and configs, aux, allow_downsample
     [[methods]] name (none | build_method name | preset), label, t_star, steps, scale
-    [[attacks]] name, kind, loss, steps, eot, step_size, random_start, grad, variant, weight, kappa, states, cascade
+    [[attacks]] the fields of fastpurify.attacks.AttackSpec (name, kind, loss, steps, eot, step_size, random_start,
+                grad, variant, weight, kappa, states, cascade); grad left out = the sweep's grad
     [default_ensemble] use, steps, eot, transfer_steps: the protocol's default attacks per method (plan.py)
 
-Attacks are `fastpurify.attacks.AttackSpec`s run by the evaluation protocol (`fastpurify.evaluation.protocol`).
+Attacks are `fastpurify.attacks.AttackSpec`s run by the evaluation protocol (`fastpurify.evaluation.protocol`):
+an [[attacks]] entry and the protocol keys (eps, norm, n_reevals, n_select, seed, eot_chunk, large_eps,
+large_eps_n) take their fields, types and defaults from `AttackSpec` and `ProtocolConfig` (one definition; a
+key left out is None where the field allows it, e.g. n_select → N, eot_chunk → all rows at once).
 The config id is a hash of every field that can change a result; fields that only change how the work is done
 (out, batch_size, threads, quiet, save_adv, grid, device index) are left out, so a resumed sweep may change them.
 """
@@ -26,7 +30,11 @@ from dataclasses import dataclass, field
 
 import tomllib
 
-from ...attacks.losses import LOSSES as _LOSSES
+from ...attacks.adaptive import KINDS as ATTACK_KINDS
+from ...attacks.adaptive import AttackSpec
+from ...attacks.losses import LOSSES
+from ..defences import BASELINES
+from ..protocol import ProtocolConfig
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet")
 # The split each dataset reads when `split` is not given (ImageNet: the validation set is the evaluation set).
@@ -35,16 +43,18 @@ LABEL_TYPES = ("fine", "coarse")  # CIFAR-100: 100 fine classes or 20 superclass
 SUBSETS = ("first", "seeded")
 DTYPES = ("fp32", "fp64", "fp16", "bf16")
 NORMS = ("linf", "l2")
-ATTACK_LOSSES = tuple(_LOSSES)
+ATTACK_LOSSES = tuple(LOSSES)
 # 'surrogate' needs a second purifier built into the method: not a per-attack setting of a sweep.
 ATTACK_GRADS = ("full", "autograd", "adjoint", "bpda")
-# Defences of fastpurify.evaluation.defences besides the methods: the classifier alone, the auxiliary network
-# alone, DiffPure in front of the auxiliary network.
-BASELINES = ("none", "aux", "diffpure+aux")
-# Fields that never change a result: not part of the config id, free to change when resuming.
 # build_method's own methods (DDPM chains, their settings in fastpurify.methods.DIGITS); other names are presets.
 GUIDED_OR_MULTI = ("agdm", "gdmp-mse", "gdmp-ssim", "multiround")
+# Fields that never change a result: not part of the config id, free to change when resuming.
 RUNTIME_FIELDS = ("out", "batch_size", "threads", "quiet", "save_adv", "grid")
+# The layout of config.json's identity: a sweep directory written under another layout is refused (shards.py
+# names the changed field 'schema'), never mixed.  2: attack and protocol fields from AttackSpec / ProtocolConfig.
+SCHEMA = 2
+# The ProtocolConfig fields a sweep config sets (top-level keys); the protocol's other thresholds keep its defaults.
+PROTOCOL_KEYS = ("eps", "norm", "n_reevals", "n_select", "seed", "eot_chunk", "large_eps", "large_eps_n")
 
 
 class ConfigError(ValueError):
@@ -90,23 +100,31 @@ class MethodConfig:
     attacks: list[str] = field(default_factory=list)  # names of the [[attacks]] it runs ([] = every one that applies)
 
 
-@dataclass
-class AttackConfig:
-    """One attack of the ensemble: the fields of `fastpurify.attacks.AttackSpec`, with its defaults."""
+def _fields_of(cls, names, defaults: dict) -> list[tuple]:
+    """make_dataclass entries copying `cls`'s fields `names` (type and default), a default replaced by `defaults`."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.name in names:
+            default = defaults.get(f.name, f.default)
+            out.append((f.name, hints[f.name], field(default=default)))
+    return out
 
-    name: str = ""                 # unique name in the ensemble
-    kind: str = "pgd"              # pgd | apgd | per_step | joint | forward_only | blind | aux (attacks/adaptive.py)
-    loss: str = "ce"               # ce | margin | dlr
-    steps: int = 20
-    eot: int = 4
-    step_size: float | None = None  # default eps/4 (fastpurify.attacks.adaptive.default_step_size)
-    random_start: bool = True
-    grad: str = ""                 # gradient mode through the purifier ("" = the sweep's grad)
-    variant: str = ""              # an attack-side purifier variant of the defence (e.g. AGDM's "detach")
-    weight: float = 1.0            # joint: weight of the auxiliary term …
-    kappa: float = 5.0             # … and its cap
-    states: int = 10               # per_step: intermediate states in the loss
-    cascade: bool = False          # attack only the samples no earlier attack has broken on every selection draw
+
+# One attack of the ensemble: exactly `AttackSpec`'s fields and defaults, except that a name is not required here
+# (validation asks for it) and grad None means the sweep's grad.  `to_spec()` is the attack that runs.
+AttackConfig = dataclasses.make_dataclass(
+    "AttackConfig", _fields_of(AttackSpec, [f.name for f in dataclasses.fields(AttackSpec)],
+                               {"name": "", "grad": None}),
+    namespace={"to_spec": lambda self: AttackSpec(**dataclasses.asdict(self)),
+               "__doc__": "One [[attacks]] entry: the fields of fastpurify.attacks.AttackSpec (grad None = the "
+                          "sweep's grad)."})
+AttackConfig.__module__ = __name__
+
+# The protocol part of the sweep config: ProtocolConfig's own fields (eps defaults to 0 here; validation asks for
+# it to be set).
+_ProtocolKeys = dataclasses.make_dataclass("_ProtocolKeys", _fields_of(ProtocolConfig, PROTOCOL_KEYS, {"eps": 0.0}))
+_ProtocolKeys.__module__ = __name__
 
 
 @dataclass
@@ -118,21 +136,15 @@ class DefaultEnsembleConfig:
 
 
 @dataclass
-class SweepConfig:
+class SweepConfig(_ProtocolKeys):
+    """The protocol keys (PROTOCOL_KEYS, from ProtocolConfig) and how the sweep runs."""
+
     out: str = ""
-    eps: float = 0.0
-    norm: str = "linf"
-    n_reevals: int = 5
-    n_select: int = 0              # S selection draws per candidate (0 = N)
-    seed: int = 0
     batch_size: int = 16
     grad: str = "full"
     device: str = "cpu"
     dtype: str = "fp32"
     backend: str = ""              # op backend ("" = automatic)
-    eot_chunk: int = 0             # most rows per forward call inside attacks; 0 = all (memory only, never results)
-    large_eps: float = 0.5         # the large-ε masking check (plain CE, exact gradients; 0 = not run) ...
-    large_eps_n: int = 16          # ... on the first large_eps_n images of the manifest, per randomised method
     ensemble: str = ""             # name of the attack ensemble ("" = the attack names joined by '+')
     threads: int = 0               # torch threads per process (0 = torch's default)
     save_adv: bool = False         # adversarial images into per-rank safetensors shards
@@ -146,6 +158,10 @@ class SweepConfig:
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def protocol(self) -> ProtocolConfig:
+        """The evaluation protocol's settings: the PROTOCOL_KEYS, as they are (large_eps 0: the check is off)."""
+        return ProtocolConfig(**{k: getattr(self, k) for k in PROTOCOL_KEYS})
 
 
 # ------------------------------------------------------------------------------------------------ parsing
@@ -286,6 +302,7 @@ def identity(cfg: SweepConfig) -> dict:
     for k in RUNTIME_FIELDS:
         d.pop(k)
     d["device"] = torch.device(cfg.device).type  # cuda:0 and cuda:1 give the same results
+    d["schema"] = SCHEMA
     d["code"] = {"version": _version.__version__, "fingerprint": _version.code_fingerprint()}
     return d
 

@@ -24,9 +24,8 @@ __all__ = ["PROTOCOL", "evaluate_batch", "protocol_config", "run_seeds"]
 
 
 def protocol_config(cfg) -> ProtocolConfig:
-    return ProtocolConfig(eps=cfg.eps, norm=cfg.norm, n_reevals=cfg.n_reevals, n_select=cfg.n_select or None,
-                          seed=cfg.seed, eot_chunk=cfg.eot_chunk or None, large_eps=cfg.large_eps or None,
-                          large_eps_n=cfg.large_eps_n)
+    """The protocol settings of a SweepConfig (its PROTOCOL_KEYS are ProtocolConfig's own fields)."""
+    return cfg.protocol()
 
 
 def run_seeds(seed: int, specs: list[AttackSpec]) -> dict:

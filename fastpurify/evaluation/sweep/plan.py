@@ -27,14 +27,8 @@ from .config import (
 )
 from .validation import validate
 
-FIELDS = ("kind", "loss", "steps", "eot", "step_size", "random_start", "variant", "weight", "kappa", "states",
-          "cascade")
-
-
 def _entry(spec, suffix: str) -> AttackConfig:
-    d = spec.as_dict()
-    return AttackConfig(name=spec.name + suffix, grad=spec.grad,
-                        **{k: ("" if k == "variant" and d[k] is None else d[k]) for k in FIELDS})
+    return AttackConfig(**{**dataclasses.asdict(spec), "name": spec.name + suffix})
 
 
 def expand_default_ensemble(cfg: SweepConfig) -> None:

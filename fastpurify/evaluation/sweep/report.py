@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from ...attacks import AttackSpec
 from ...grad import GRAD_LABELS
 from ..checks import masking_checks
 from ..defences import traits
 from ..protocol import ProtocolConfig
 from ..stats import summarize, wilson_ci
+from .config import SCHEMA, AttackConfig, ConfigError
 from .data import label_rule
 from .merge import Merged, completeness_text, merge
 from .records import read_batches
@@ -74,10 +74,7 @@ def _large_eps(recs: list[dict], cfg: dict) -> dict | None:
 def _checks(mc: dict, cfg: dict, attacks: dict, stats: dict, large: dict | None, recs: list[dict],
             fidelity: list[dict]) -> list[dict]:
     """The protocol's masking checks over the whole sweep of one method (paired checks from the records)."""
-    specs = [AttackSpec(a["name"], kind=a["kind"], loss=a["loss"], steps=a["steps"], eot=a["eot"],
-                        step_size=a["step_size"], random_start=a["random_start"], grad=a["grad"],
-                        variant=a["variant"] or None, weight=a["weight"], kappa=a["kappa"], states=a["states"],
-                        cascade=a["cascade"]) for a in cfg["attacks"] if a["name"] in attacks]
+    specs = [AttackConfig(**a).to_spec() for a in cfg["attacks"] if a["name"] in attacks]
     rows = [{"attack": k, "mean": a["mean"], "n": a["n"], "undefended_acc": (stats.get(k) or {}).get("undefended_acc")}
             for k, a in attacks.items() if a["n"] and stats.get(k) and stats[k]["best_acc"]]
     ran = {r["attack"] for r in rows}
@@ -140,7 +137,7 @@ def method_result(mg: Merged, method: str, partial: bool, batches: list[dict]) -
         attacks[k] = {**acc, "wins": sum(r["winner"] == k for r in recs), "kind": a["kind"], "loss": a["loss"],
                       "steps": a["steps"], "eot": a["eot"], "step_size": a["step_size"],
                       "random_start": a["random_start"], "grad_mode": a["grad"], "grad_label": GRAD_LABELS[a["grad"]],
-                      "variant": a["variant"] or None, "cascade": a["cascade"],
+                      "variant": a["variant"], "cascade": a["cascade"],
                       "best_curve": (stats[k] or {}).get("best_acc")}
     first = recs[0] if recs else {}
     n = len(recs)
@@ -298,6 +295,11 @@ def write_report(out, *, partial: bool = False, dest=None) -> dict:
     """Merge, check completeness and write report.json, report.md and the plots into dest (default
     DIR/report).  Raises IncompleteSweep when the sweep is incomplete (unless partial) or has conflicts."""
     mg = merge(out)
+    schema = mg.stored.get("identity", {}).get("schema", 1)
+    if schema != SCHEMA:  # e.g. 1: attack 'variant' "" for none, n_select / eot_chunk 0 for the default
+        raise ConfigError(f"{out} was written under sweep config schema {schema}, this code reads schema {SCHEMA}: "
+                          "report it with the fastpurify version that ran it, or rerun the sweep in a new out "
+                          "directory")
     if mg.conflicts:
         raise IncompleteSweep("records of the same (method, sample) disagree — non-deterministic results or a "
                               "changed environment:\n" + completeness_text(mg))

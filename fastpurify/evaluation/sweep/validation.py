@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 
-from ...attacks.adaptive import KINDS as ATTACK_KINDS  # one list: the attacks' own
 from .config import (
     ATTACK_GRADS,
+    ATTACK_KINDS,
     ATTACK_LOSSES,
     BASELINES,
     DATASETS,
@@ -42,7 +42,10 @@ def validate(cfg: SweepConfig) -> SweepConfig:
     need(cfg.norm in NORMS, f"norm must be one of {NORMS}, got {cfg.norm!r}")
     need(cfg.n_reevals >= 1, f"n_reevals (N) must be >= 1, got {cfg.n_reevals}")
     need(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
-    need(cfg.n_select >= 0 and cfg.eot_chunk >= 0, "n_select and eot_chunk must be >= 0 (0: the default)")
+    for k in ("n_select", "eot_chunk"):  # ProtocolConfig's None: leave the key out
+        need(getattr(cfg, k) is None or getattr(cfg, k) >= 1,
+             f"{k} must be >= 1, got {getattr(cfg, k)} (leave it out for the default: "
+             f"{'N' if k == 'n_select' else 'all rows at once'})")
     need(cfg.threads >= 0 and cfg.grid >= 0, "threads and grid must be >= 0")
     need(cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}")
     need(cfg.large_eps >= 0 and cfg.large_eps_n >= 0, "large_eps and large_eps_n must be >= 0 (0: check not run)")
