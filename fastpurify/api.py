@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -98,6 +100,46 @@ class PurifierLike(Protocol):
     def first_round(self) -> "Purifier": ...
 
 
+@dataclass(frozen=True)
+class PurifierSettings:
+    """The scalar options of a `Purifier` (see its docstring for each), checked here, in one place, whether they
+    arrive as keywords or as `Purifier(model, settings=PurifierSettings(...))`."""
+
+    preset: str | Preset = DEFAULT_PRESET
+    t_star: int | float | None = None
+    steps: int | None = None
+    backend: str | None = None
+    grad: str = "full"
+    fixed_noise_seed: int | None = None
+    compile: bool | None = None
+    precision: str | None = None
+    channels_last: bool | None = None
+    graphs: bool | str = False
+    grad_memory: int | None = None
+
+    def __post_init__(self):
+        check_mode(self.grad)
+        g = self.grad_memory
+        if g is not None and (isinstance(g, bool) or not isinstance(g, int)):
+            raise TypeError(f"grad_memory must be a number of bytes (int) or None, got {g!r}")
+        if g is not None and g < 0:
+            raise ValueError(f"grad_memory must be ≥ 0 bytes, got {g}")
+        c = self.resolved()
+        if self.grad == "adjoint" and c.preset.sampler != "vpsde":
+            raise ValueError(f"grad='adjoint' is the continuous VP-SDE adjoint; preset {c.preset.name!r} uses the "
+                             f"{c.preset.sampler!r} sampler: use grad='full' (exact, memory-bounded) instead")
+        check_seed(self.fixed_noise_seed, 1, torch.device("cpu"))
+        if isinstance(self.fixed_noise_seed, torch.Tensor):
+            raise TypeError("fixed_noise_seed must be an int; pass per-sample seed tensors to forward(seed=...)")
+
+    def resolved(self) -> Resolved:
+        """The preset with t* and steps applied (`fastpurify.presets.resolve`)."""
+        return resolve(self.preset, t_star=self.t_star, steps=self.steps)
+
+
+SETTINGS_FIELDS = tuple(f.name for f in dataclasses.fields(PurifierSettings))
+
+
 class Purifier(InferenceModule):
     """Diffusion purification x ∈ [0, 1] → x_pur ∈ [0, 1] with a fixed model and resolved preset.
 
@@ -125,20 +167,28 @@ class Purifier(InferenceModule):
     falls back and records why, 'static' is the same path without capture (`fastpurify.samplers.graphed`).
     """
 
-    def __init__(self, model=None, preset: str | Preset = DEFAULT_PRESET, *, t_star=None, steps: int | None = None,
-                 backend: str | None = None, guidance=None, grad: str = "full", surrogate=None,
-                 fixed_noise_seed: int | None = None, compile: bool | None = None, precision: str | None = None,
-                 channels_last: bool | None = None, graphs: bool | str = False, grad_memory: int | None = None):
+    def __init__(self, model=None, preset: str | Preset | None = None, *, guidance=None, surrogate=None,
+                 settings: PurifierSettings | None = None, **options):
+        """Purifier(model, preset, t_star=..., steps=..., ...) or Purifier(model, settings=PurifierSettings(...));
+        preset and keyword options given with settings= replace those fields.  An unknown keyword is a TypeError."""
         super().__init__()
+        unknown = sorted(set(options) - set(SETTINGS_FIELDS))
+        if unknown:
+            raise TypeError(f"Purifier() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+                            f"its settings are {', '.join(SETTINGS_FIELDS)} (plus guidance=, surrogate=, settings=)")
+        if preset is not None:
+            options["preset"] = preset
+        settings = dataclasses.replace(settings or PurifierSettings(), **options)
         if model is None:
             from .zoo import digits
 
             model = digits()
         self.model = _as_diffusion(model).requires_grad_(False).eval()
+        self.settings = settings
         self.last_nfe: int | None = None
         self.last_kept: dict | None = None
-        self.config: Resolved = resolve(preset, t_star=t_star, steps=steps)
-        self.backend = backend
+        self.config: Resolved = settings.resolved()
+        self.backend = settings.backend
         # Guidance (AGDM, GDMP, …): an object whose bind(x_in, model, seeds, round, backend=) returns the per-step hook
         # guidance(u, eps, i) of the DDPM sampler.  Registered as a submodule when it is one (e.g. holds φ).
         c = self.config
@@ -146,37 +196,28 @@ class Purifier(InferenceModule):
             raise ValueError(f"guidance needs the full-chain ddpm sampler; preset {c.preset.name!r} uses "
                              f"{c.preset.sampler!r} with {c.nfe} steps from t* = {c.k}")
         self.guidance = guidance
-        self.grad = check_mode(grad)
-        if grad_memory is not None and (isinstance(grad_memory, bool) or not isinstance(grad_memory, int)):
-            raise TypeError(f"grad_memory must be a number of bytes (int) or None, got {grad_memory!r}")
-        if grad_memory is not None and grad_memory < 0:
-            raise ValueError(f"grad_memory must be ≥ 0 bytes, got {grad_memory}")
-        self.grad_memory = grad_memory or 0
-        if grad == "adjoint" and c.preset.sampler != "vpsde":
-            raise ValueError(f"grad='adjoint' is the continuous VP-SDE adjoint; preset {c.preset.name!r} uses the "
-                             f"{c.preset.sampler!r} sampler: use grad='full' (exact, memory-bounded) instead")
-        if (grad == "surrogate") != (surrogate is not None):
+        self.grad = settings.grad
+        self.grad_memory = settings.grad_memory or 0
+        if (self.grad == "surrogate") != (surrogate is not None):
             raise ValueError("grad='surrogate' needs surrogate= (a Purifier or a dict of settings), and surrogate= "
                              "needs grad='surrogate'")
         if isinstance(surrogate, dict):
             # Settings not given are the defence's (its t* included, also when the surrogate names another preset).
-            surrogate = Purifier(self.model, **{"preset": c.preset, "t_star": c.k, "backend": backend, **surrogate})
+            surrogate = Purifier(self.model, **{"preset": c.preset, "t_star": c.k, "backend": self.backend,
+                                                **surrogate})
         if surrogate is not None and (not isinstance(surrogate, Purifier) or surrogate.grad == "surrogate"):
             raise TypeError("surrogate must be a Purifier (or a dict of its settings) whose own grad mode is not "
                             "'surrogate'")
         self.surrogate = surrogate
-        check_seed(fixed_noise_seed, 1, torch.device("cpu"))
-        if isinstance(fixed_noise_seed, torch.Tensor):
-            raise TypeError("fixed_noise_seed must be an int; pass per-sample seed tensors to forward(seed=...)")
-        self.fixed_noise_seed = fixed_noise_seed
+        self.fixed_noise_seed = settings.fixed_noise_seed
         abar = self.model.schedule.alphas_cumprod
         device = next(self.model.parameters()).device
         self.register_buffer("sqrt_abar", abar.sqrt().float().to(device), persistent=False)
         self.register_buffer("sqrt_1m_abar", (1 - abar).sqrt().float().to(device), persistent=False)
         # The denoiser the samplers drive: the model, or its compiled / autocast / channels_last FastDenoiser.
-        self.speed = speed_options(self.model, compile, precision, channels_last)
+        self.speed = speed_options(self.model, settings.compile, settings.precision, settings.channels_last)
         self.denoiser = fast_denoiser(self.model, self.speed)
-        self.graphs = GraphPlan(graphs, device=device, guidance=guidance is not None, grad=self.grad)
+        self.graphs = GraphPlan(settings.graphs, device=device, guidance=guidance is not None, grad=self.grad)
 
     def extra_repr(self) -> str:
         c = self.config

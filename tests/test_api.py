@@ -1,4 +1,6 @@
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -126,3 +128,26 @@ def test_public_names():
     b = fastpurify.available_backends()
     assert set(b) == {"torch", "cpu", "triton", "cuda"} and b["torch"]["available"]
     assert all(b[k]["available"] or b[k]["reason"] for k in b)
+
+
+def test_settings_object_and_keywords_build_the_same_purifier(tiny_model):
+    """Purifier(model, preset, t_star=..., ...) and Purifier(model, settings=PurifierSettings(...)) are one purifier;
+    keywords given with settings= replace those fields; an unknown keyword is a TypeError naming it."""
+    from fastpurify.api import PurifierSettings
+
+    a = Purifier(tiny_model, "ddim", t_star=6, steps=3, fixed_noise_seed=4)
+    s = PurifierSettings(preset="ddim", t_star=6, steps=3, fixed_noise_seed=4)
+    b = Purifier(tiny_model, settings=s)
+    assert a.settings == b.settings == s and a.config == b.config and b.fixed_noise_seed == 4
+    x = _x()
+    assert torch.equal(a(x), b(x))
+    c = Purifier(tiny_model, "ddpm", settings=s, t_star=5, steps=None)
+    assert (c.config.preset.name, c.config.k, c.fixed_noise_seed) == ("ddpm", 5, 4)
+    with pytest.raises(TypeError, match="'t_sar'"):
+        Purifier(tiny_model, "ddim", t_sar=5)
+    with pytest.raises(ValueError, match="grad_memory"):
+        PurifierSettings(grad_memory=-1)
+    with pytest.raises(ValueError, match="adjoint"):
+        PurifierSettings(preset="ddim", grad="adjoint")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.t_star = 7
