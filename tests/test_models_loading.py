@@ -273,3 +273,12 @@ def test_wrong_kind_of_file_says_what_it_is_and_the_supported_kinds(files, tmp_p
     torch.save(tiny_classifier("wrn").state_dict(), tmp_path / "wrn.pt")
     with pytest.raises(CheckpointError, match="'wrn' classifier, not a diffusion model; supported kinds: score_sde"):
         load_diffusion(tmp_path / "wrn.pt")
+
+
+def test_loader_names_stay_importable_from_loaders():
+    """Classifier loading and the shared file reading live in their own modules; callers' imports still work."""
+    from fastpurify.models import checkpoint_files, classifier_loading, loaders
+
+    assert loaders.load_classifier is classifier_loading.load_classifier
+    assert loaders.CheckpointError is checkpoint_files.CheckpointError
+    assert loaders.read_file is checkpoint_files.read_file and loaders.detect_kind is checkpoint_files.detect_kind

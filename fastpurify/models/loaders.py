@@ -21,10 +21,7 @@ says so; sweeps refuse such an assumption unless the config gives the value.
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import json
-import pickle
 import re
 import warnings
 from pathlib import Path
@@ -33,185 +30,34 @@ import torch
 from torch import nn
 
 from .adm import ADM_256_UNCOND, ADMUNet
-from .classifiers import DMWideResNet, ImageNetResNet50, WideResNet
+
+# Reading and checking files (shared with classifier loading), re-exported: callers import them from here.
+from .checkpoint_files import (  # noqa: F401
+    CLASSIFIER_KINDS,
+    DIFFUSION_KINDS,
+    CheckpointError,
+    build_verified,
+    checked_sha256,
+    classifier_kind,
+    count_indices,
+    detect_kind,
+    read_file,
+    sha256_of,
+    strip_prefixes,
+    verify_state_dict,
+)
+from .classifier_loading import load_classifier  # noqa: F401  (fastpurify.models.loaders.load_classifier)
 from .ddpm_model import DDPMModel
 from .diffusers_unet import DiffusersUNet2D, legacy_key_map
-from .ncsnpp import NCSNPP_CIFAR10, NCSNpp
 from .fast import SpeedOptions, precision_support
+from .ncsnpp import NCSNPP_CIFAR10, NCSNpp
 from .pretrained import PretrainedDiffusion, parse_dtype
-
-DIFFUSION_KINDS = ("score_sde", "ncsnpp", "adm", "ddpm", "diffusers")
-CLASSIFIER_KINDS = ("wrn", "dm-wrn", "resnet50")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded as asked: unsafe content, unknown format, or a key/shape mismatch."""
-
-
-# ---------------------------------------------------------------------------------------------- reading
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
-# Plain-data numpy globals that training scripts leave in checkpoint metadata (accuracies, arrays).  Allowing them
-# lets the restricted unpickler rebuild numbers and arrays; it still refuses every other global (no code runs).
-_NUMPY_DATA = re.compile(r"numpy\.(_?core\.multiarray\.(scalar|_reconstruct)|ndarray|dtype|dtypes\.\w+DType)$")
-
-
-def _resolve(name: str):
-    module, _, attr = name.rpartition(".")
-    return getattr(importlib.import_module(module), attr)
-
-
-def _load(path: Path, **kw):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True, **kw)
-    except RuntimeError as e:  # legacy (non-zip) files cannot be memory-mapped
-        if "mmap" not in str(e):
-            raise
-        return torch.load(path, map_location="cpu", weights_only=True, **kw)
-
-
-def _torch_load(path: Path):
-    allowed: list[str] = []
-    for _ in range(8):  # each retry admits more numpy data globals; anything else ends the loop with an error
-        try:
-            with torch.serialization.safe_globals([_resolve(g) for g in allowed]):
-                return _load(path)
-        except pickle.UnpicklingError as e:
-            msg = str(e)
-            try:  # the globals the pickle references; classes only met while building objects show up in msg
-                unsafe = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-            except Exception:  # legacy format: cannot be listed without unpickling
-                unsafe = []
-            unsafe += re.findall(r"got <class '([\w.]+)'>", msg)
-            new = [g for g in dict.fromkeys(unsafe) if g not in allowed]
-            if not new or not all(_NUMPY_DATA.match(g) for g in new):
-                bad = [g for g in new if not _NUMPY_DATA.match(g)] or new
-                what = f"it needs the globals {bad}" if bad else msg.strip().splitlines()[0]
-                raise CheckpointError(
-                    f"{path}: refusing to unpickle non-tensor content ({what}). fastpurify loads with "
-                    "torch.load(weights_only=True) and never executes pickled code. If you trust this file, convert "
-                    "it once to a plain state_dict: torch.save(torch.load(p, weights_only=False)<...>.state_dict(), "
-                    "'clean.pt')") from e
-            allowed += new
-    raise CheckpointError(f"{path}: too many numpy globals in the pickle")
-
-
-def read_file(path) -> tuple[object, dict]:
-    """Read a checkpoint safely.  Returns (content, safetensors metadata or {})."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a directory; only diffusers model directories (config.json) are supported")
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        return load_file(str(path)), meta
-    with open(path, "rb") as f:  # torch.save writes a zip archive (or, before 1.6, a protocol-2 pickle)
-        head = f.read(2)
-    if head != b"PK" and head[:1] != b"\x80":
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle) "
-                              "and not a .safetensors file")
-    return _torch_load(path), {}
-
-
-def _is_state_dict(obj) -> bool:
-    return isinstance(obj, dict) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-
-
-def strip_prefixes(sd: dict) -> dict:
-    """Drop wrapper prefixes shared by every key: 'module.' (DataParallel), 'model.', and a bare 'N.' (Sequential)."""
-    while sd:
-        keys = list(sd)
-        for pre in ("module.", "model."):
-            if all(k.startswith(pre) for k in keys):
-                sd = {k[len(pre):]: v for k, v in sd.items()}
-                break
-        else:
-            m = re.match(r"(\d+\.)", keys[0])
-            if m and all(k.startswith(m[1]) for k in keys):
-                sd = {k[len(m[1]):]: v for k, v in sd.items()}
-                continue
-            return sd
-    return sd
-
-
-def detect_kind(obj) -> str:
-    """The diffusion format of loaded file content (see the module docstring)."""
-    if isinstance(obj, dict) and isinstance(obj.get("ema"), dict) and "shadow_params" in obj["ema"]:
-        return "score_sde"
-    if isinstance(obj, (list, tuple)) and obj and _is_state_dict(obj[0]):
-        obj = obj[0]
-    if not _is_state_dict(obj):
-        what = f"a dict with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, dict) else type(obj).__name__
-        raise CheckpointError(f"not a diffusion state_dict or score_sde checkpoint: got {what}")
-    sd = strip_prefixes(obj)
-    for kind, key in (("ncsnpp", "all_modules.0.weight"), ("adm", "input_blocks.0.0.weight"),
-                      ("ddpm", "temb.dense.0.weight"), ("diffusers", "time_embedding.linear_1.weight")):
-        if key in sd:
-            return kind
-    other = classifier_kind(sd)
-    hint = f" it is a {other!r} classifier, not a diffusion model;" if other else ""
-    raise CheckpointError(f"unrecognised diffusion state_dict;{hint} supported kinds: {', '.join(DIFFUSION_KINDS)}; "
-                          f"first keys: {list(sd)[:4]}")
-
-
-def classifier_kind(sd: dict) -> str | None:
-    """The classifier layout of a state_dict (CLASSIFIER_KINDS), or None."""
-    return ("dm-wrn" if "init_conv.weight" in sd else "wrn" if "block1.layer.0.conv1.weight" in sd
-            else "resnet50" if "layer4.2.conv3.weight" in sd else None)
-
-
-# ---------------------------------------------------------------------------------------------- verification
-def verify_state_dict(net: nn.Module, sd: dict, what: str) -> None:
-    """Strict key and shape check against `net`, with every problem named (lists truncated at 20)."""
-    want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    missing = [k for k in want if k not in sd]
-    unexpected = [k for k in sd if k not in want]
-    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {want[k]}" for k in want if k in sd
-              and tuple(sd[k].shape) != want[k]]
-    if missing or unexpected or shapes:
-        def fmt(name, xs):
-            return f"\n  {len(xs)} {name}: " + ", ".join(xs[:20]) + (" …" if len(xs) > 20 else "") if xs else ""
-
-        raise CheckpointError(f"{what} does not match the architecture {getattr(net, 'config', '')}:"
-                              + fmt("missing keys", missing) + fmt("unexpected keys", unexpected)
-                              + fmt("shape mismatches", shapes))
-
-
-def _build(cls, cfg: dict, sd: dict, what: str) -> nn.Module:
-    """Build on the meta device (no init cost for 550 M parameters), verify, then load the file's tensors."""
-    try:
-        with torch.device("meta"):
-            net = cls(cfg) if cls is DiffusersUNet2D else cls(**cfg)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{what}: cannot build {cls.__name__} from config {cfg}: {e}") from e
-    verify_state_dict(net, sd, what)
-    net.load_state_dict(sd, strict=True, assign=True)
-    return net.float().requires_grad_(False).eval()  # files may hold fp16 tensors; the torso dtype is an option
-
-
-def _count(sd: dict, pattern: str) -> int:
-    rx = re.compile(pattern)
-    return len({m[1] for k in sd if (m := rx.match(k))})
 
 
 # ---------------------------------------------------------------------------------------------- config inference
 def _ncsnpp_config(sd: dict, image_size: int) -> dict:
     """nf, ch_mult, num_res_blocks and attention levels from a named NCSN++ state_dict (the 'model' keys)."""
-    n = _count(sd, r"all_modules\.(\d+)\.")
+    n = count_indices(sd, r"all_modules\.(\d+)\.")
     nf = sd["all_modules.0.weight"].shape[1]
 
     def entry(i):  # ('attn',) or ('res', cin, cout, is_resampling_block)
@@ -241,7 +87,7 @@ def _ncsnpp_config(sd: dict, image_size: int) -> dict:
 
 def _adm_config(sd: dict, image_size: int | None, num_head_channels: int) -> dict:
     mc = sd["input_blocks.0.0.weight"].shape[0]
-    n_out = _count(sd, r"output_blocks\.(\d+)\.")
+    n_out = count_indices(sd, r"output_blocks\.(\d+)\.")
 
     def is_up(j):  # the last layer of an output block is an up-resblock or an Upsample conv
         last = max(int(m[1]) for k in sd if (m := re.match(rf"output_blocks\.{j}\.(\d+)\.", k)))
@@ -268,7 +114,7 @@ def _adm_config(sd: dict, image_size: int | None, num_head_channels: int) -> dic
 
 
 def _ddpm_config(sd: dict, resolution: int | None) -> dict:
-    ch, levels = sd["conv_in.weight"].shape[0], _count(sd, r"down\.(\d+)\.")
+    ch, levels = sd["conv_in.weight"].shape[0], count_indices(sd, r"down\.(\d+)\.")
     if resolution is None:  # the public DDPM `Model` configs: CIFAR-10 (4 levels, 32²), CelebA-HQ / LSUN (6, 256²)
         resolution = {4: 32, 6: 256}.get(levels)
         if resolution is None:
@@ -276,7 +122,7 @@ def _ddpm_config(sd: dict, resolution: int | None) -> dict:
                                   "pass resolution=")
     return dict(resolution=resolution, in_channels=sd["conv_in.weight"].shape[1], out_ch=sd["conv_out.weight"].shape[0],
                 ch=ch, ch_mult=tuple(sd[f"down.{lvl}.block.0.conv1.weight"].shape[0] // ch for lvl in range(levels)),
-                num_res_blocks=_count(sd, r"down\.0\.block\.(\d+)\."),
+                num_res_blocks=count_indices(sd, r"down\.0\.block\.(\d+)\."),
                 attn_resolutions=tuple(resolution >> lvl for lvl in range(levels)
                                        if f"down.{lvl}.attn.0.norm.weight" in sd))
 
@@ -301,7 +147,7 @@ def _score_sde(ckpt: dict, overrides: dict, ema: bool, what: str, assumed: dict)
         verify_state_dict(ref, {k: model_sd[k] for k in names_in_file}, f"{what} ['model']")
     if not ema:
         sd = {k: model_sd[k] for k in names}
-        return _build(NCSNpp, cfg, sd, f"{what} ['model']"), {"ema": False}
+        return build_verified(NCSNpp, cfg, sd, f"{what} ['model']"), {"ema": False}
     shadow = list(ckpt["ema"]["shadow_params"])
     if len(shadow) != len(names):
         raise CheckpointError(f"{what}: the EMA holds {len(shadow)} tensors but NCSN++ {cfg} has {len(names)} "
@@ -310,7 +156,7 @@ def _score_sde(ckpt: dict, overrides: dict, ema: bool, what: str, assumed: dict)
     sd = dict(zip(names, shadow))
     info = {"ema": True, "ema_decay": ckpt["ema"].get("decay"), "ema_num_updates": ckpt["ema"].get("num_updates"),
             "step": ckpt.get("step"), "model_key_order_matches": names_in_file == names if names_in_file else None}
-    return _build(NCSNpp, cfg, sd, f"{what} ['ema']['shadow_params']"), info
+    return build_verified(NCSNpp, cfg, sd, f"{what} ['ema']['shadow_params']"), info
 
 
 def _diffusers_dir(path: Path, overrides: dict) -> tuple[nn.Module, dict]:
@@ -324,7 +170,7 @@ def _diffusers_dir(path: Path, overrides: dict) -> tuple[nn.Module, dict]:
             break
     else:
         raise CheckpointError(f"{path}: no diffusion_pytorch_model.safetensors or .bin next to config.json")
-    return _build(DiffusersUNet2D, cfg, legacy_key_map(strip_prefixes(obj)), str(path / name)), {
+    return build_verified(DiffusersUNet2D, cfg, legacy_key_map(strip_prefixes(obj)), str(path / name)), {
         "diffusers_config": cfg}
 
 
@@ -386,13 +232,31 @@ def load_diffusion(path, kind: str | None = None, *, device="cpu", dtype=None, c
     path = Path(path)
     if kind is not None and kind not in DIFFUSION_KINDS:
         raise ValueError(f"kind must be one of {DIFFUSION_KINDS} or None, got {kind!r}")
-    digest = None
-    if sha256:
-        digest = sha256_of(path)
-        if isinstance(sha256, str) and digest != sha256.lower():
-            raise CheckpointError(f"{path}: sha256 {digest} does not match the expected {sha256}")
-    info: dict = {}
+    digest = checked_sha256(path, sha256)
     assumed: dict = {}
+    net, info, kind = _read_net(path, kind, config, ema, assumed)
+    meta, size, channels = _describe(net, kind, path, digest, info, assumed)
+    if assumed:
+        warnings.warn(f"{path}: " + "; ".join(f"{k}: {v}" for k, v in assumed.items())
+                      + " (pass it as a keyword to say so)", stacklevel=2)
+    model = PretrainedDiffusion(net, image_size=size, channels=channels, time_input=meta["time_input"],
+                                index_at_time=index_at_time or ("floor" if kind == "adm" else "shifted"),
+                                name=f"{kind}:{path.name}", meta=meta)
+    model = model.to(device).eval()
+    if parse_dtype(dtype) != torch.float32:
+        model.set_precision(dtype)
+    if channels_last:
+        model.set_channels_last(True)
+    precision_support(precision, torch.device(device))  # fp16 on a CPU without it: say so at load time
+    model.speed = speed
+    if attention is None:  # fp16 ADM: reproduce guided-diffusion's fp16 QKVAttentionLegacy exactly (docs/MODELS.md)
+        attention = "math" if kind == "adm" and parse_dtype(dtype) == torch.float16 else "sdpa"
+    return model.set_attention(attention)
+
+
+def _read_net(path: Path, kind: str | None, config: dict, ema: bool, assumed: dict) -> tuple[nn.Module, dict, str]:
+    """The network of a file or diffusers directory, checked against the asked kind: (net, extra meta, kind)."""
+    info: dict = {}
     if path.is_dir():
         if kind not in (None, "diffusers"):
             raise CheckpointError(f"{path} is a directory, which only kind='diffusers' can be")
@@ -409,7 +273,14 @@ def load_diffusion(path, kind: str | None = None, *, device="cpu", dtype=None, c
         else:
             sd = strip_prefixes(obj[0] if isinstance(obj, (list, tuple)) else obj)
             saved = json.loads(file_meta["fastpurify.config"]) if "fastpurify.config" in file_meta else None
-            net = _build(*_arch(kind, sd, saved, dict(config), path, assumed), str(path))
+            net = build_verified(*_arch(kind, sd, saved, dict(config), path, assumed), str(path))
+    return net, info, kind
+
+
+def _describe(net: nn.Module, kind: str, path: Path, digest: str | None, info: dict,
+              assumed: dict) -> tuple[dict, int, int]:
+    """The loaded model's `meta` (format, file, hash, architecture, how it takes time, what it outputs), its image
+    size and channels."""
     c = net.config
     size = c.get("image_size") or c.get("resolution") or c.get("sample_size")
     channels = c.get("channels") or c.get("in_channels")
@@ -418,98 +289,10 @@ def load_diffusion(path, kind: str | None = None, *, device="cpu", dtype=None, c
         raise CheckpointError(f"{path}: the image size is not in the checkpoint; give image_size (load_diffusion "
                               "keyword; in a sweep: [model.diffusion_config] image_size = …)")
     time_input = "continuous" if kind in ("score_sde", "ncsnpp") else "index"
-    if assumed:
-        warnings.warn(f"{path}: " + "; ".join(f"{k}: {v}" for k, v in assumed.items())
-                      + " (pass it as a keyword to say so)", stacklevel=2)
     meta = dict(kind=kind, path=str(path), sha256=digest, config=dict(c), time_input=time_input, assumed=assumed,
                 output="eps" if out_ch == channels else f"eps[:{channels}] + learned variance[{channels}:]",
                 params=sum(p.numel() for p in net.parameters()), tensors=len(net.state_dict()), **info)
-    model = PretrainedDiffusion(net, image_size=int(size), channels=int(channels), time_input=time_input,
-                                index_at_time=index_at_time or ("floor" if kind == "adm" else "shifted"),
-                                name=f"{kind}:{path.name}", meta=meta)
-    model = model.to(device).eval()
-    if parse_dtype(dtype) != torch.float32:
-        model.set_precision(dtype)
-    if channels_last:
-        model.set_channels_last(True)
-    precision_support(precision, torch.device(device))  # fp16 on a CPU without it: say so at load time
-    model.speed = speed
-    if attention is None:  # fp16 ADM: reproduce guided-diffusion's fp16 QKVAttentionLegacy exactly (docs/MODELS.md)
-        attention = "math" if kind == "adm" and parse_dtype(dtype) == torch.float16 else "sdpa"
-    return model.set_attention(attention)
-
-
-# ---------------------------------------------------------------------------------------------- classifiers
-def _unwrap_classifier(obj, path) -> dict:
-    if isinstance(obj, (list, tuple)) and obj:
-        obj = obj[0]
-    for key in ("state_dict", "model_state_dict", "ema", "net", "model"):  # RobustBench, DiffPure, ADBM, GDMP
-        if isinstance(obj, dict) and not _is_state_dict(obj) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not _is_state_dict(obj):
-        raise CheckpointError(f"{path}: no classifier state_dict found (top-level keys "
-                              f"{sorted(map(str, obj))[:8] if isinstance(obj, dict) else type(obj).__name__})")
-    return strip_prefixes(obj)
-
-
-def _bn_counters(cls, cfg) -> list[str]:
-    with torch.device("meta"):
-        return [k for k in cls(**cfg).state_dict() if k.endswith("num_batches_tracked")]
-
-
-def load_classifier(path, kind: str | None = None, *, normalize: str | None = None, device="cpu",
-                    sha256: bool | str = True, **config) -> nn.Module:
-    """Load a classifier state_dict into fastpurify's WRN / DM-WRN / ResNet-50 (eval mode, frozen, x ∈ [0, 1]).
-
-    kind: None (detect) | 'wrn' (RobustBench/DiffPure WideResNet) | 'dm-wrn' (RobustBench DMWideResNet) |
-    'resnet50' (torchvision, ImageNet).  normalize: 'none' | 'cifar10' | 'cifar100' | 'imagenet'; default: dm-wrn →
-    cifar10 (cifar100 with 100 classes);
-    wrn → cifar10 for DiffPure's WRN-70-16(-dropout), none otherwise (RobustBench 'Standard'); resnet50 → imagenet.
-    """
-    path = Path(path)
-    digest = sha256_of(path) if sha256 else None
-    if isinstance(sha256, str) and digest != sha256.lower():
-        raise CheckpointError(f"{path}: sha256 {digest} does not match the expected {sha256}")
-    obj = read_file(path)[0]
-    if isinstance(obj, dict) and isinstance(obj.get("ema"), dict) and "shadow_params" in obj["ema"]:
-        raise CheckpointError(f"{path}: a score_sde diffusion checkpoint, not a classifier; give it as the "
-                              "diffusion model")
-    sd = _unwrap_classifier(obj, path)
-    found = classifier_kind(sd)
-    if found is None:
-        try:
-            diffusion = detect_kind(sd)
-        except CheckpointError:
-            diffusion = None
-        hint = f" it is a {diffusion!r} diffusion model, not a classifier;" if diffusion else ""
-        raise CheckpointError(f"{path}: unrecognised classifier state_dict;{hint} supported kinds: "
-                              f"{', '.join(CLASSIFIER_KINDS)} (WideResNet, DMWideResNet, torchvision ResNet-50); "
-                              f"first keys: {list(sd)[:4]}")
-    if kind is not None and kind != found:
-        raise CheckpointError(f"{path} looks like a {found!r} classifier, not {kind!r}")
-    if found == "resnet50":
-        cls, cfg = ImageNetResNet50, dict(num_classes=sd["fc.weight"].shape[0], normalize=normalize or "imagenet")
-        sd = {f"model.{k}": v for k, v in sd.items()}
-    else:
-        dm = found == "dm-wrn"
-        grp, head = ("layer.0.block", "logits") if dm else ("block1.layer", "fc")
-        depth = 6 * _count(sd, rf"{re.escape(grp)}\.(\d+)\.") + 4
-        width = sd[f"{grp}.0.conv_0.weight" if dm else f"{grp}.0.conv1.weight"].shape[0] // 16
-        n_classes = sd[f"{head}.weight"].shape[0]
-        # RobustBench's DM models normalise with their dataset's statistics (CIFAR-100 for its 100-class ones)
-        default_norm = ("cifar100" if dm and n_classes == 100 else "cifar10" if dm or (depth, width) == (70, 16)
-                        else "none")
-        cls = DMWideResNet if dm else WideResNet
-        cfg = dict(depth=depth, num_classes=n_classes, normalize=normalize or default_norm,
-                   **({"width": width} if dm else {"widen_factor": width}))
-    cfg.update(config)
-    # Files saved before PyTorch 0.4.1 lack BatchNorm's num_batches_tracked (unused in eval); torch fills it too.
-    sd.update({k: torch.tensor(0) for k in _bn_counters(cls, cfg) if k not in sd})
-    net = _build(cls, cfg, sd, str(path))
-    net._set_norm(cfg["normalize"])  # the normalisation buffers are not in the file (built on meta: recreate)
-    net.meta = dict(kind=found, path=str(path), sha256=digest, config=cfg,
-                    params=sum(p.numel() for p in net.parameters()))
-    return net.to(device)
+    return meta, int(size), int(channels)
 
 
 # ---------------------------------------------------------------------------------------------- named format
