@@ -11,6 +11,7 @@ COMMANDS = {
               "resumable; status and report"),
     "train-digits": ("fastpurify.training.train_digits", "retrain the embedded digits DDPM and classifier"),
     "train-aux": ("fastpurify.training.train_aux", "TRADES-train the auxiliary network for adversarial guidance (AGDM)"),
+    "audit": ("fastpurify.evaluation.audit.cli", "audit any defence (your nn.Modules): attacks, masking checks, a verdict"),
     "info": ("fastpurify.info", "versions, build and available backends (--json)"),
 }
 

@@ -1,0 +1,7 @@
+"""`fastpurify audit`: any user's defence (a black-box nn.Module), the protocol's attack ensemble and masking checks
+plus the black-box diagnostics, and a verdict (docs/AUDIT.md)."""
+
+from .blackbox import AuditError, BlackBoxPurifier
+from .run import audit
+
+__all__ = ["AuditError", "BlackBoxPurifier", "audit"]

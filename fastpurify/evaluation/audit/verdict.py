@@ -1,0 +1,23 @@
+"""The verdict: "reliable …" only when every check that ran passed and the exact attacks converged; otherwise
+"not reliable: <reasons>".  Never a robust accuracy without it."""
+
+from __future__ import annotations
+
+# Categories that make a figure unreliable when a check of theirs fails: the exact gradient is masked or wrong
+# ('masking'), too noisy for the EOT budget ('noise'), or the attack had not converged ('convergence').
+# 'coverage' and 'protocol' records are caveats, said in the verdict but not failing it.
+FAILING = ("masking", "noise", "convergence")
+
+
+def verdict(checks: list[dict], caveats: list[str], robust: dict) -> str:
+    failed = [c for c in checks if c["passed"] is False and c["category"] in FAILING]
+    acc = (f"robust accuracy {100 * robust['mean']:.1f} % [{100 * robust['mean_ci95'][0]:.1f}, "
+           f"{100 * robust['mean_ci95'][1]:.1f}] (mean over report draws, 95 % Wilson)")
+    if failed:
+        reasons = "; ".join(f"{c['name']}: {c['reason']}" for c in failed)
+        return f"not reliable: {reasons} — {acc} is only an upper bound of unknown slack"
+    text = f"reliable: no sign of gradient masking, exact attacks converged — {acc} is an upper bound from them"
+    # a convergence check answered by its escalated rerun is superseded, not missing
+    not_run = [c["name"] for c in checks if c["passed"] is None and "(rerun as" not in c["detail"]]
+    notes = list(caveats) + ([f"not run or superseded: {', '.join(not_run)}"] if not_run else [])
+    return text + (f" (caveats: {'; '.join(notes)})" if notes else "")
