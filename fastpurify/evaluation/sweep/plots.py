@@ -42,6 +42,15 @@ def write_plots(report: dict, dest: Path) -> dict:
         return {}
     results, written = report["results"], {}
     tag = " (PARTIAL)" if report["partial"] else ""
+    for title, plot in (("robust vs clean", _robust_vs_clean), ("robust vs t*", _robust_vs_t_star),
+                        ("accuracy vs attack iterations", _accuracy_vs_iterations)):
+        name = plot(plt, results, tag, dest)
+        if name:
+            written[title] = name
+    return written
+
+
+def _robust_vs_clean(plt, results: list[dict], tag: str, dest: Path) -> str:
     fig, ax = plt.subplots(figsize=(5, 4))
     for r in results:
         if r["avg_rob"] is None:
@@ -53,29 +62,34 @@ def write_plots(report: dict, dest: Path) -> dict:
     ax.set_xlabel("clean accuracy, % (mean over N)"), ax.set_ylabel("robust accuracy, % (mean over N, 95 % CI)")
     ax.set_title(f"robust vs clean{tag}")
     _save(fig, dest / "robust_vs_clean.png", plt)
-    written["robust vs clean"] = "robust_vs_clean.png"
+    return "robust_vs_clean.png"
 
+
+def _robust_vs_t_star(plt, results: list[dict], tag: str, dest: Path) -> str | None:
+    """Methods run at several t*: robust and clean accuracy against t* (None: no such method)."""
     by_name = defaultdict(list)
     for r in results:
         if r["t_star_steps"] is not None and r["avg_rob"] is not None:
             by_name[r["method_name"]].append(r)
     families = {k: sorted(v, key=lambda r: r["t_star_steps"]) for k, v in by_name.items()
                 if len({r["t_star_steps"] for r in v}) > 1}
-    if families:
-        fig, ax = plt.subplots(figsize=(5, 4))
-        for name, rows in sorted(families.items()):
-            t = [r["t_star_steps"] for r in rows]
-            line = ax.plot(t, [PCT * r["avg_rob"] for r in rows], marker="o", label=f"{name} robust")[0]
-            ax.plot(t, [PCT * r["clean"]["mean"] for r in rows], ls="--", color=line.get_color(),
-                    label=f"{name} clean")
-        ax.set_xlabel("t* (steps of 1000)"), ax.set_ylabel("accuracy, % (mean over N)"), ax.legend(fontsize=7)
-        ax.set_title(f"accuracy vs t*{tag}")
-        _save(fig, dest / "robust_vs_t_star.png", plt)
-        written["robust vs t*"] = "robust_vs_t_star.png"
+    if not families:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for name, rows in sorted(families.items()):
+        t = [r["t_star_steps"] for r in rows]
+        line = ax.plot(t, [PCT * r["avg_rob"] for r in rows], marker="o", label=f"{name} robust")[0]
+        ax.plot(t, [PCT * r["clean"]["mean"] for r in rows], ls="--", color=line.get_color(),
+                label=f"{name} clean")
+    ax.set_xlabel("t* (steps of 1000)"), ax.set_ylabel("accuracy, % (mean over N)"), ax.legend(fontsize=7)
+    ax.set_title(f"accuracy vs t*{tag}")
+    _save(fig, dest / "robust_vs_t_star.png", plt)
+    return "robust_vs_t_star.png"
 
-    # Accuracy vs attack iterations: per-step curves from the batch lines (EOT accuracy of the best iterate so far,
-    # on the attack's own draws); else each attack alone vs its step count, attacks that differ only in
-    # their step count forming a line.
+
+def _accuracy_vs_iterations(plt, results: list[dict], tag: str, dest: Path) -> str | None:
+    """Per-step curves from the batch lines (EOT accuracy of the best iterate so far, on the attack's own draws);
+    else each attack alone vs its step count, attacks that differ only in their step count forming a line."""
     fig, ax = plt.subplots(figsize=(5, 4))
     drawn, per_step = False, False
     for r in results:
@@ -92,16 +106,15 @@ def write_plots(report: dict, dest: Path) -> dict:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
                     label=f"{r['method']} · {grad}, EOT {eot}, {loss}")
             drawn = True
-    if drawn:
-        ax.set_xlabel("attack iteration")
-        ax.set_ylabel("EOT accuracy of the best iterate, % (attack draws)" if per_step
-                      else "robust accuracy, attack alone, % (mean over N)")
-        ax.legend(fontsize=6), ax.set_title(f"accuracy vs attack iterations{tag}")
-        _save(fig, dest / "accuracy_vs_iterations.png", plt)
-        written["accuracy vs attack iterations"] = "accuracy_vs_iterations.png"
-    else:
+    if not drawn:
         plt.close(fig)
-    return written
+        return None
+    ax.set_xlabel("attack iteration")
+    ax.set_ylabel("EOT accuracy of the best iterate, % (attack draws)" if per_step
+                  else "robust accuracy, attack alone, % (mean over N)")
+    ax.legend(fontsize=6), ax.set_title(f"accuracy vs attack iterations{tag}")
+    _save(fig, dest / "accuracy_vs_iterations.png", plt)
+    return "accuracy_vs_iterations.png"
 
 
 def _load_images(mg: Merged, method: str, ids: list[int]) -> dict | None:

@@ -126,19 +126,7 @@ def method_result(mg: Merged, method: str, partial: bool, batches: list[dict]) -
     clean = accuracies([r["clean_preds"] for r in recs], labels)
     robust = accuracies([r["adv_preds"] for r in recs], labels)
     mine = [b for b in batches if b["method"] == method]
-    stats, attacks = {}, {}
-    for a in cfg["attacks"]:
-        k = a["name"]
-        on = [r for r in recs if k in r["attacks"]]
-        if not any(k in r.get("ensemble_run", [k]) for r in recs):
-            continue  # not applicable to this method (e.g. an attack on an auxiliary network it does not have)
-        stats[k] = _attack_stats(mine, k)
-        acc = accuracies([r["attacks"][k]["preds"] for r in on], [r["label"] for r in on])
-        attacks[k] = {**acc, "wins": sum(r["winner"] == k for r in recs), "kind": a["kind"], "loss": a["loss"],
-                      "steps": a["steps"], "eot": a["eot"], "step_size": a["step_size"],
-                      "random_start": a["random_start"], "grad_mode": a["grad"], "grad_label": GRAD_LABELS[a["grad"]],
-                      "variant": a["variant"], "cascade": a["cascade"],
-                      "best_curve": (stats[k] or {}).get("best_acc")}
+    stats, attacks = _attack_results(cfg, recs, mine)
     first = recs[0] if recs else {}
     n = len(recs)
     wall = sum(r["wall_s"] for r in recs)
@@ -177,13 +165,39 @@ def method_result(mg: Merged, method: str, partial: bool, batches: list[dict]) -
         "nfe_attack": round(sum(r["nfe_attack"] for r in recs) / n, 2) if n else None,  # mean per image (cascades)
         "nfe_eval": first.get("nfe_eval"),
         "wall_s": round(wall, 3), "s_per_image": round(wall / n, 4) if n else None,
-        "dtype": _unique(r["dtype"] for r in recs) if recs else cfg["dtype"],
-        "backend": _unique(r["backend"] for r in recs) if recs else None,
-        "seeds": first.get("seeds"), "manifest_sha256": first.get("manifest_sha256"),
-        "versions": _unique(r["versions"] for r in recs) if recs else None,
-        "gpu": _unique(r["gpu"] for r in recs) if recs else None,
+        **_provenance(recs, cfg),
         "missing": len(mg.missing[method]),
     }
+
+
+def _attack_results(cfg: dict, recs: list[dict], mine: list[dict]) -> tuple[dict, dict]:
+    """Per attack that applies to the method: its batch statistics and its result alone (accuracy on the samples
+    it ran on, wins, settings)."""
+    stats, attacks = {}, {}
+    for a in cfg["attacks"]:
+        k = a["name"]
+        on = [r for r in recs if k in r["attacks"]]
+        if not any(k in r.get("ensemble_run", [k]) for r in recs):
+            continue  # not applicable to this method (e.g. an attack on an auxiliary network it does not have)
+        stats[k] = _attack_stats(mine, k)
+        acc = accuracies([r["attacks"][k]["preds"] for r in on], [r["label"] for r in on])
+        attacks[k] = {**acc, "wins": sum(r["winner"] == k for r in recs), "kind": a["kind"], "loss": a["loss"],
+                      "steps": a["steps"], "eot": a["eot"], "step_size": a["step_size"],
+                      "random_start": a["random_start"], "grad_mode": a["grad"], "grad_label": GRAD_LABELS[a["grad"]],
+                      "variant": a["variant"], "cascade": a["cascade"],
+                      "best_curve": (stats[k] or {}).get("best_acc")}
+    return stats, attacks
+
+
+def _provenance(recs: list[dict], cfg: dict) -> dict:
+    """Where the records were computed: dtype, backend, seeds, manifest, versions, GPU (one value, or the list of
+    the values seen)."""
+    first = recs[0] if recs else {}
+    return {"dtype": _unique(r["dtype"] for r in recs) if recs else cfg["dtype"],
+            "backend": _unique(r["backend"] for r in recs) if recs else None,
+            "seeds": first.get("seeds"), "manifest_sha256": first.get("manifest_sha256"),
+            "versions": _unique(r["versions"] for r in recs) if recs else None,
+            "gpu": _unique(r["gpu"] for r in recs) if recs else None}
 
 
 def build_report(mg: Merged, partial: bool) -> dict:

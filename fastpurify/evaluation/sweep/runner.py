@@ -148,6 +148,28 @@ def _common(cfg, env, device, specs, cid, msha, attempt) -> dict:
             "protocol": PROTOCOL, "rank": env.rank, "world_size": env.world_size, "attempt": attempt}
 
 
+def _timed_batch(defence, x, y, batch_ids, ensemble, pcfg, large_ids) -> tuple[list, dict, torch.Tensor, float]:
+    """evaluate_batch and its wall time (the device synchronised, so the time is the batch's own)."""
+    t0 = time.perf_counter()
+    rows, batch_line, x_adv = evaluate_batch(defence, x, y, torch.tensor(batch_ids, device=x.device), ensemble,
+                                             pcfg, large_ids)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    return rows, batch_line, x_adv, time.perf_counter() - t0
+
+
+def _sample_records(common: dict, run: dict, defence, batch_ids, rows, label_of: dict, adv_file) -> list[dict]:
+    """One record per sample: the run's common fields, the protocol's row, and where the sample stands."""
+    t_steps, t_s = t_star_of(defence)
+    now = round(time.time(), 3)
+    method = run["method"]
+    return [{**common, **row, "sample_id": i, "label": label_of[i], "method": method,
+             "method_name": run["method_name"], "ensemble_run": run["ensemble_run"], "t_star_steps": t_steps,
+             "t_star_s": t_s, "wall_s": run["wall_s"],
+             "adv_path": None if adv_file is None else f"{adv_file}#{method}/{i}/adv", "timestamp": now}
+            for i, row in zip(batch_ids, rows)]
+
+
 def _run(cfg, env, device, plan, specs, pcfg, out, cid, msha, lease) -> dict:
     data, ids, models, defences, ensembles = plan.data, plan.ids, plan.models, plan.defences, plan.ensembles
     pairs, writer = _start(cfg, env, plan, out, cid, lease)
@@ -162,24 +184,15 @@ def _run(cfg, env, device, plan, specs, pcfg, out, cid, msha, lease) -> dict:
         defence = defences[method]
         x = data.images(batch_ids).to(device, models.input_dtype)
         y = torch.tensor([label_of[i] for i in batch_ids], device=device)
-        t0 = time.perf_counter()
-        rows, batch_line, x_adv = evaluate_batch(defence, x, y, torch.tensor(batch_ids, device=device),
-                                                 ensembles[method], pcfg, large_ids)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        wall = time.perf_counter() - t0
+        rows, batch_line, x_adv, wall = _timed_batch(defence, x, y, batch_ids, ensembles[method], pcfg, large_ids)
         compute_s += wall
         adv_file = None
         if cfg.save_adv:
             adv_file = save_adv_batch(out, env.rank, writer.attempt, b,
                                       _images(defence, method, batch_ids, x, x_adv, grid_ids, cfg.seed))
-        t_steps, t_s = t_star_of(defence)
-        now = round(time.time(), 3)
-        writer.write([{**common, **row, "sample_id": i, "label": label_of[i], "method": method,
-                       "method_name": method_names[method], "ensemble_run": [s.name for s in ensembles[method]],
-                       "t_star_steps": t_steps, "t_star_s": t_s, "wall_s": round(wall / len(batch_ids), 5),
-                       "adv_path": None if adv_file is None else f"{adv_file}#{method}/{i}/adv", "timestamp": now}
-                      for i, row in zip(batch_ids, rows)],
+        run = {"method": method, "method_name": method_names[method],
+               "ensemble_run": [s.name for s in ensembles[method]], "wall_s": round(wall / len(batch_ids), 5)}
+        writer.write(_sample_records(common, run, defence, batch_ids, rows, label_of, adv_file),
                      batch={**batch_line, "method": method, "ids": batch_ids, "config_id": cid, "wall_s": wall})
         progress.update(len(batch_ids), method)
     progress.close()
