@@ -141,9 +141,9 @@ def applicable(spec: AttackSpec, defence: Defence) -> str | None:
         return str(e)
     if spec.variant is not None and spec.variant not in defence.variants:
         return f"the defence has no variant {spec.variant!r} (has: {sorted(defence.variants) or 'none'})"
-    if spec.grad == "adjoint" and defence.purifier is not None:
-        if defence.purifier.first_round().config.preset.sampler != "vpsde":
-            return "grad='adjoint' is the VP-SDE adjoint"
+    if (spec.grad == "adjoint" and defence.purifier is not None
+            and defence.purifier.first_round().config.preset.sampler != "vpsde"):
+        return "grad='adjoint' is the VP-SDE adjoint"
     return None
 
 
