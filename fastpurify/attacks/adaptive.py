@@ -108,17 +108,20 @@ class Defence:
         return d
 
 
-def _first_purifier(p):
-    """The `Purifier` of the first purification round (through ResizePurifier, MethodPurifier, MultiRound)."""
-    p = getattr(p, "purifier", p)
-    inner = getattr(p, "inner", p)
-    return inner.rounds[0] if hasattr(inner, "rounds") else inner
+def _first_round(p):
+    """The `Purifier` whose sampler runs first (`PurifierLike.first_round`), or None for a purifier that is not one
+    of ours (a user's black box: no schedule to read, so attacks on the forward noise alone do not apply)."""
+    first = getattr(p, "first_round", None)
+    return first() if callable(first) else None
 
 
 def _first_config(p):
-    """The resolved config of the first purification round (for the forward-diffusion noise level)."""
-    inner = _first_purifier(p)
-    return inner.config, inner.model.schedule
+    """The resolved config and schedule of the first purification round (for the forward-diffusion noise level)."""
+    first = _first_round(p)
+    if first is None:
+        raise ValueError("this purifier has no first_round() (not a fastpurify purifier): its forward-diffusion noise "
+                         "level is unknown")
+    return first.config, first.model.schedule
 
 
 @dataclass(frozen=True)
@@ -215,7 +218,7 @@ def objective_for(defence: Defence, spec: AttackSpec):
             return loss_fn(logits, y) + spec.weight * aux_margin.clamp(max=spec.kappa), logits
     elif spec.kind == "forward_only":
         cfg, sched = _first_config(defence.purifier)
-        backend = _first_purifier(defence.purifier).backend
+        backend = _first_round(defence.purifier).backend
         abar = float(sched.alphas_cumprod[cfg.k - 1])
         c = math.sqrt(1.0 - abar) / (2.0 * math.sqrt(abar))  # x-scale noise of u_t/√ᾱ mapped back to [0, 1]
 
@@ -242,7 +245,7 @@ def pgd_config_for(spec: AttackSpec, defence: Defence, eps: float, norm: str, eo
     eot = 1 if deterministic else spec.eot
     step_size = spec.step_size if spec.step_size is not None else default_step_size(eps)
     # the random start draws its noise with the purifier's op backend (a forced backend holds for the whole attack)
-    backend = getattr(_first_purifier(defence.purifier), "backend", None) if defence.purifier is not None else None
+    backend = getattr(_first_round(defence.purifier), "backend", None)
     return PGDConfig(eps=eps, steps=spec.steps, step_size=step_size, eot=eot, norm=norm,
                      random_start=spec.random_start, eot_chunk=eot_chunk, loss=spec.loss, backend=backend)
 
@@ -294,8 +297,9 @@ def default_attacks(defence: Defence, *, steps: int = 20, eot: int = 4, transfer
                AttackSpec("apgd-dlr", kind="apgd", loss="dlr", steps=steps, eot=eot),
                AttackSpec("pgd-margin", loss="margin", steps=steps, eot=eot, cascade=True),
                AttackSpec("bpda", grad="bpda", steps=steps, eot=eot),
-               AttackSpec("blind", kind="blind", steps=det_steps, eot=1),
-               AttackSpec("forward-only", kind="forward_only", steps=steps, eot=eot)]
+               AttackSpec("blind", kind="blind", steps=det_steps, eot=1)]
+    if _first_round(defence.purifier) is not None:  # the forward noise level is known (one of our purifiers)
+        attacks.append(AttackSpec("forward-only", kind="forward_only", steps=steps, eot=eot))
     if defence.aux is not None:
         attacks += [AttackSpec("aux-ce", kind="aux", steps=transfer_steps, eot=1),
                     AttackSpec("aux-margin", kind="aux", loss="margin", steps=transfer_steps, eot=1),
@@ -305,7 +309,7 @@ def default_attacks(defence: Defence, *, steps: int = 20, eot: int = 4, transfer
     if extended:
         attacks += [AttackSpec("pgd-dlr", loss="dlr", steps=steps, eot=eot, cascade=True),
                     AttackSpec("per-step", kind="per_step", steps=steps, eot=eot, cascade=True)]
-        cfg, _ = _first_config(defence.purifier)
-        if cfg.preset.sampler == "vpsde" and defence.aux is None and not defence.variants:
+        first = _first_round(defence.purifier)
+        if first is not None and first.config.preset.sampler == "vpsde" and defence.aux is None and not defence.variants:
             attacks.append(AttackSpec("adjoint", grad="adjoint", steps=steps, eot=eot, cascade=True))
     return attacks
