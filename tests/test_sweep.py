@@ -98,6 +98,7 @@ def test_traits_by_name_match_the_built_defences():
     ("n_select=0", "n_select must be >= 1"),              # ProtocolConfig's unset is None: leave it out
     ("eot_chunk=0", "eot_chunk must be >= 1"),
     ("n_select=3", None),
+    ("attacks.0.variant=\"\"", "leave the key out for no variant"),
     ("methods.0.attacks=[\"pgd-nope\"]", "are not in [[attacks]]"),
     ("methods.0.attacks=[\"pgd-bpda\"]", None),           # a method may run a part of the ensemble
     (["default_ensemble.use=true", "default_ensemble.eot=0"], "default_ensemble: need"),

@@ -199,6 +199,8 @@ def _check_attacks(cfg: SweepConfig) -> None:
             raise ConfigError(f"{where}: grad must be one of {ATTACK_GRADS}, got {a.grad!r}")
         if a.step_size is not None and a.step_size <= 0:
             raise ConfigError(f"{where}: step_size must be > 0, got {a.step_size}")
+        if a.variant == "":  # schema 1 spelled "none" as ""; AttackSpec's none is None
+            raise ConfigError(f"{where}: variant \"\" — leave the key out for no variant")
         if a.variant and a.kind != "pgd":
             raise ConfigError(f"{where}: a purifier variant is for 'pgd' attacks only")
         if a.kind in ("aux", "joint") and not cfg.model.aux:
