@@ -173,3 +173,12 @@ def test_cli_writes_all_or_nothing(tmp_path, capsys):
     assert audit_main([f"{ZOO / 'jpeg'}.py:build", *args]) == 2  # never over an earlier audit
     assert "not an empty folder" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left behind
+
+
+def test_batched_mode_is_reproducible_and_says_its_caveat():
+    kw = {**TINY, "batched": True}
+    a = audit(f"{ZOO / 'noisy_blur'}.py:build", **kw)
+    b = audit(f"{ZOO / 'noisy_blur'}.py:build", **kw)
+    assert a["protocol"]["records"] == b["protocol"]["records"]  # same seeds, same draws
+    assert "--batched" in a["verdict"] and a["probe"]["purifier"]["batch_independent"] is True
+    assert a["_purifier"].calls.startswith("whole batches, seeded per call")

@@ -44,6 +44,8 @@ def main(argv=None) -> int:
     p.add_argument("--n-select", type=int, default=4, help="selection draws per candidate (S)")
     p.add_argument("--max-eot", type=int, default=32, help="most EOT draws per step the audit may spend")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batched", action="store_true", help="run a randomised batch-independent module on whole "
+                   "batches seeded per call (faster; a sample's draws then depend on its batch)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=Path("audit-out"))
     a = p.parse_args(argv)
@@ -53,7 +55,8 @@ def main(argv=None) -> int:
         if a.out.exists() and (not a.out.is_dir() or any(a.out.iterdir())):  # refuse before the work, not after
             raise AuditError(f"--out {a.out} exists and is not an empty folder: choose a new one")
         r = audit(a.spec, data=a.data, n=a.n, eps=a.eps, norm=a.norm, steps=a.steps, n_reevals=a.n_eval,
-                  n_select=a.n_select, max_eot=a.max_eot, seed=a.seed, log=lambda m: print(m, file=sys.stderr))
+                  n_select=a.n_select, max_eot=a.max_eot, seed=a.seed, batched=a.batched,
+                  log=lambda m: print(m, file=sys.stderr))
         report_io.write(r, a.out, {"grid.png": _grid_writer(r["_x"], r["_x_adv"], r["_purifier"])})
     except AuditError as e:
         print(f"fastpurify audit: error: {e}", file=sys.stderr)

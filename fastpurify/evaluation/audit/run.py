@@ -73,8 +73,8 @@ def large_eps_for(norm: str, shape) -> float:
     return 0.5 if norm == "linf" else 0.5 * math.sqrt(math.prod(shape))
 
 
-def _build(loaded: Loaded, name: str, x, classes: int) -> tuple[Defence, dict]:
-    pur = BlackBoxPurifier(loaded.purifier, logits=loaded.combined,
+def _build(loaded: Loaded, name: str, x, classes: int, batched: bool) -> tuple[Defence, dict]:
+    pur = BlackBoxPurifier(loaded.purifier, logits=loaded.combined, batched=batched,
                            name="defence (one module)" if loaded.combined else "purifier")
     pur.eval()
     found = {"purifier": probe(pur, x)}
@@ -90,10 +90,11 @@ def _build(loaded: Loaded, name: str, x, classes: int) -> tuple[Defence, dict]:
 def audit(spec: str | None = None, *, modules=None, name: str | None = None, data: str = "digits", n: int = 32,
           eps: float = 0.15, norm: str = "linf", steps: int = 20, n_reevals: int = 8, n_select: int = 4,
           max_eot: int = 32, consistency_draws: int = 8, fd_n: int = 2, escalate: int = 1, large_eps_n: int = 8,
-          large_eps_steps: int = 10, seed: int = 0, log=None) -> dict:
+          large_eps_steps: int = 10, seed: int = 0, batched: bool = False, log=None) -> dict:
     """Audit one defence; returns the report (JSON-ready but for '_x_adv', '_x', '_purifier': the chosen
     candidates, the images, the wrapped purifier).  spec: SPEC (see spec.py),
-    or modules=(classifier, purifier) / one module.  Raises AuditError on a bad SPEC or a defence that fails."""
+    or modules=(classifier, purifier) / one module.  batched: run a randomised, batch-independent module on whole
+    batches seeded per call (faster; a draw then depends on the batch composition).  Raises AuditError on a bad SPEC or a defence that fails."""
     log = log or (lambda msg: None)
     t0 = time.perf_counter()
     if (spec is None) == (modules is None):
@@ -107,7 +108,7 @@ def audit(spec: str | None = None, *, modules=None, name: str | None = None, dat
     x, y, data_name = load_data(data, n)
     ids = torch.arange(len(y))
     classes = int(y.max()) + 1
-    defence, found = _build(loaded, name, x, classes)
+    defence, found = _build(loaded, name, x, classes, batched)
     pur = defence.purifier
     log(f"{name}: {'randomised' if pur.randomized else 'deterministic'}, "
         f"{'batch-independent' if pur.batch_independent else 'batch-DEPENDENT'}")
@@ -137,6 +138,8 @@ def audit(spec: str | None = None, *, modules=None, name: str | None = None, dat
                    "detail": "row 0 of two batches sharing it, under one torch seed (deterministic: also alone)"})
     if not pur.batch_independent:
         caveats.append("batch-dependent defence, audited one image at a time")
+    elif batched and pur.randomized:
+        caveats.append("--batched: draws seeded per batch, so a sample's draws depend on its batch")
     if loaded.combined:
         caveats.append("one module doing both: BPDA and the classifier-alone attack are impossible, so the "
                        "transfer checks and 'undefended → ~0 %' did not run")
