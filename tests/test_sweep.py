@@ -76,8 +76,9 @@ def test_traits_by_name_match_the_built_defences():
         assert [a.as_dict() for a in default_attacks(traits(name))] == \
             [a.as_dict() for a in default_attacks(built)], name
         t = traits(name)
-        assert (t.randomized, t.aux is not None, sorted(t.variants), t.robust_classifier) == \
-            (built.randomized, built.aux is not None, sorted(built.variants), built.robust_classifier), name
+        assert (t.randomized, t.aux is not None, sorted(t.variants), t.robust_classifier, t.forward_noise_known) == \
+            (built.randomized, built.aux is not None, sorted(built.variants), built.robust_classifier,
+             built.forward_noise_known), name
 
 
 @pytest.mark.parametrize("override, message", [
