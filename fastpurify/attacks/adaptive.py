@@ -73,6 +73,12 @@ class Defence:
     def randomized(self) -> bool:
         return self.purifier is not None
 
+    @property
+    def forward_noise_known(self) -> bool:
+        """The purifier says its forward-diffusion noise level (one of ours: `first_round()`), so the forward-only
+        transfer attack applies; a user's black-box purifier does not."""
+        return _first_round(self.purifier) is not None
+
     def logits(self, x: torch.Tensor, seeds: torch.Tensor, *, grad: str | None = None, variant: str | None = None,
                trace: list | None = None) -> torch.Tensor:
         if self.purifier is None:
@@ -298,7 +304,7 @@ def default_attacks(defence: Defence, *, steps: int = 20, eot: int = 4, transfer
                AttackSpec("pgd-margin", loss="margin", steps=steps, eot=eot, cascade=True),
                AttackSpec("bpda", grad="bpda", steps=steps, eot=eot),
                AttackSpec("blind", kind="blind", steps=det_steps, eot=1)]
-    if _first_round(defence.purifier) is not None:  # the forward noise level is known (one of our purifiers)
+    if defence.forward_noise_known:
         attacks.append(AttackSpec("forward-only", kind="forward_only", steps=steps, eot=eot))
     if defence.aux is not None:
         attacks += [AttackSpec("aux-ce", kind="aux", steps=transfer_steps, eot=1),

@@ -43,5 +43,7 @@ def traits(name: str) -> SimpleNamespace:
     and reports that have no models loaded.  Names that are not baselines or AGDM are purifiers (methods or presets)
     in front of the classifier."""
     agdm = name.startswith("agdm")
-    return SimpleNamespace(name=name, randomized=name not in ("none", "aux"), aux=True if agdm else None,
-                           variants={"detach": None} if agdm else {}, robust_classifier=name == "diffpure+aux")
+    randomized = name not in ("none", "aux")
+    return SimpleNamespace(name=name, randomized=randomized, aux=True if agdm else None,
+                           variants={"detach": None} if agdm else {}, robust_classifier=name == "diffpure+aux",
+                           forward_noise_known=randomized)  # every purifier the package builds says it
