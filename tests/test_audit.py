@@ -170,6 +170,8 @@ def test_cli_writes_all_or_nothing(tmp_path, capsys):
     assert report["verdict"].startswith("not reliable") and "robust_accuracy" in report
     assert (out / "report.md").read_text().splitlines()[2].startswith("**verdict: not reliable")
     assert (out / "grid.png").stat().st_size > 0
+    steps = report["plots"]["accuracy_vs_steps"]["pgd-ce"]
+    assert [p[0] for p in steps] == [1, 2] and all(lo <= m <= hi for _, m, (lo, hi) in steps)
     assert audit_main([f"{ZOO / 'jpeg'}.py:build", *args]) == 2  # never over an earlier audit
     assert "not an empty folder" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left behind

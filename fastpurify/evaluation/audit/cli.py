@@ -2,8 +2,9 @@
 
 SPEC: 'package.module:function' (importable from the current directory or PYTHONPATH) or 'path/to/file.py:function';
 the function returns (classifier, purifier) — two nn.Modules on [0, 1] NCHW images — or one nn.Module doing both.
-Writes DIR/report.json (top-level 'verdict': "reliable …" or "not reliable: …"), DIR/report.md and DIR/grid.png
-(rows: clean / adversarial / purified adversarial), all or nothing.  See docs/AUDIT.md.
+Writes DIR/report.json (top-level 'verdict': "reliable …" or "not reliable: …"), DIR/report.md, DIR/grid.png
+(rows: clean / adversarial / purified adversarial) and, with matplotlib, accuracy_vs_steps.png and
+gradient_consistency.png, all or nothing.  See docs/AUDIT.md.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from . import plots
 from . import report as report_io
 from .blackbox import AuditError
 from .run import audit
@@ -57,12 +59,13 @@ def main(argv=None) -> int:
         r = audit(a.spec, data=a.data, n=a.n, eps=a.eps, norm=a.norm, steps=a.steps, n_reevals=a.n_eval,
                   n_select=a.n_select, max_eot=a.max_eot, seed=a.seed, batched=a.batched,
                   log=lambda m: print(m, file=sys.stderr))
-        report_io.write(r, a.out, {"grid.png": _grid_writer(r["_x"], r["_x_adv"], r["_purifier"])})
+        figures, r["plots"] = plots.writers(r)
+        report_io.write(r, a.out, {"grid.png": _grid_writer(r["_x"], r["_x_adv"], r["_purifier"]), **figures})
     except AuditError as e:
         print(f"fastpurify audit: error: {e}", file=sys.stderr)
         return 2
     print(r["verdict"])
-    print(f"wrote {a.out / 'report.json'}, {a.out / 'report.md'} and {a.out / 'grid.png'}")
+    print(f"wrote {a.out}: report.json, report.md, grid.png" + "".join(f", {f}" for f in figures))
     return 0
 
 

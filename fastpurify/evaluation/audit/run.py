@@ -22,7 +22,7 @@ from ..protocol import ProtocolConfig, evaluate
 from .blackbox import AuditError, BlackBoxPurifier, probe, probe_classifier
 from .diagnostics import float64_gradient_check, gradient_consistency
 from .spec import Loaded, load
-from .verdict import verdict
+from .verdict import FAILING, verdict
 
 
 class _LogitsOf(nn.Module):
@@ -156,8 +156,7 @@ def _report(spec, name, data_name, result, checks, caveats, found, consistency, 
     robust = result["ensemble"]
     return {
         "verdict": verdict(checks, caveats, robust),
-        "reliable": not any(c["passed"] is False and c["category"] in ("masking", "noise", "convergence")
-                            for c in checks),
+        "reliable": not any(c["passed"] is False and c["category"] in FAILING for c in checks),
         "defence": name, "spec": spec, "dataset": data_name, "n_examples": result["n_examples"],
         "threat_model": {"norm": cfg.norm, "eps": cfg.eps, "white_box": "autograd through the user's modules; "
                          "randomness from torch's generators, seeded per image and draw"},
