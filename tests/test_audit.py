@@ -184,3 +184,18 @@ def test_batched_mode_is_reproducible_and_says_its_caveat():
     assert a["protocol"]["records"] == b["protocol"]["records"]  # same seeds, same draws
     assert "--batched" in a["verdict"] and a["probe"]["purifier"]["batch_independent"] is True
     assert a["_purifier"].calls.startswith("whole batches, seeded per call")
+
+
+def test_a_rows_draw_depends_on_its_seed_alone():
+    """Per-row seeding: a row's output is the same alone or in any batch, and the caller's generator is untouched."""
+    from fastpurify.evaluation.audit import BlackBoxPurifier
+    from fastpurify.evaluation.audit.blackbox import probe
+
+    p = BlackBoxPurifier(_Scale(lambda x: x + torch.randn_like(x)))
+    x = torch.rand(3, 1, 16, 16)
+    probe(p, x)
+    state = torch.get_rng_state()
+    both = p(x[:2], seed=torch.tensor([7, 9]))
+    alone = p(x[1:2], seed=torch.tensor([9]))
+    assert p.randomized and torch.equal(both[1:], alone) and not torch.equal(both[:1], p(x[:1], seed=torch.tensor([8])))
+    assert torch.equal(torch.get_rng_state(), state)

@@ -8,7 +8,7 @@ from torch import nn
 
 
 class HeavyNoise(nn.Module):
-    def __init__(self, sigma: float = 2.0, gain: float = 3.0):
+    def __init__(self, sigma: float = 3.0, gain: float = 3.0):
         super().__init__()
         self.sigma, self.gain = sigma, gain
 
