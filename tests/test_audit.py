@@ -199,3 +199,11 @@ def test_a_rows_draw_depends_on_its_seed_alone():
     alone = p(x[1:2], seed=torch.tensor([9]))
     assert p.randomized and torch.equal(both[1:], alone) and not torch.equal(both[:1], p(x[:1], seed=torch.tensor([8])))
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_a_surrogate_stronger_than_the_exact_gradient_is_flagged():
+    """JPEG's rounding stops exact gradients; PGD through a smooth surrogate (the identity) breaks it: flagged."""
+    r, checks = _audit("jpeg", surrogate=_Scale(lambda x: x))
+    assert "pgd-surrogate" in {a["name"] for a in r["attacks"]} and "surrogate" in r["probe"]
+    c = checks["pgd-surrogate_not_stronger_than_exact"]
+    assert c["passed"] is False and "pgd-surrogate" in r["verdict"]

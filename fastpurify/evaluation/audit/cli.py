@@ -45,6 +45,8 @@ def main(argv=None) -> int:
     p.add_argument("--n-eval", type=int, default=8, help="report draws per candidate (N)")
     p.add_argument("--n-select", type=int, default=4, help="selection draws per candidate (S)")
     p.add_argument("--max-eot", type=int, default=32, help="most EOT draws per step the audit may spend")
+    p.add_argument("--surrogate", default=None, help="SPEC of a surrogate purifier (one module, or a pair whose "
+                   "purifier is used): a transfer attack through it, checked against exact PGD")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batched", action="store_true", help="run a randomised batch-independent module on whole "
                    "batches seeded per call (faster; a sample's draws then depend on its batch)")
@@ -57,7 +59,7 @@ def main(argv=None) -> int:
         if a.out.exists() and (not a.out.is_dir() or any(a.out.iterdir())):  # refuse before the work, not after
             raise AuditError(f"--out {a.out} exists and is not an empty folder: choose a new one")
         r = audit(a.spec, data=a.data, n=a.n, eps=a.eps, norm=a.norm, steps=a.steps, n_reevals=a.n_eval,
-                  n_select=a.n_select, max_eot=a.max_eot, seed=a.seed, batched=a.batched,
+                  n_select=a.n_select, max_eot=a.max_eot, seed=a.seed, batched=a.batched, surrogate=a.surrogate,
                   log=lambda m: print(m, file=sys.stderr))
         figures, r["plots"] = plots.writers(r)
         report_io.write(r, a.out, {"grid.png": _grid_writer(r["_x"], r["_x_adv"], r["_purifier"]), **figures})

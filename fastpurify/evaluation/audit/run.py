@@ -56,7 +56,8 @@ def load_data(data: str, n: int) -> tuple[torch.Tensor, torch.Tensor, str]:
 
 def attack_list(defence: Defence, *, combined: bool, steps: int, eot: int) -> list[AttackSpec]:
     """The protocol's ensemble for a black box: what default_attacks gives a randomised purifier, less what needs
-    our sampler (forward-only noise) and, for one module doing both, less BPDA and the classifier alone."""
+    our sampler (forward-only noise) and, for one module doing both, less BPDA and the classifier alone; plus PGD
+    through the surrogate purifier the user names (a transfer attack: the checks compare it with exact PGD)."""
     det = 1 if defence.purifier.randomized is False else eot
     attacks = [AttackSpec("pgd-ce", steps=steps, eot=det),
                AttackSpec("apgd-ce", kind="apgd", steps=steps, eot=det),
@@ -65,6 +66,8 @@ def attack_list(defence: Defence, *, combined: bool, steps: int, eot: int) -> li
     if not combined:
         attacks += [AttackSpec("bpda", grad="bpda", steps=steps, eot=det),
                     AttackSpec("blind", kind="blind", steps=max(steps, 50), eot=1)]
+    if "surrogate" in defence.variants:
+        attacks.append(AttackSpec("pgd-surrogate", variant="surrogate", steps=steps, eot=eot))
     return attacks
 
 
@@ -73,7 +76,20 @@ def large_eps_for(norm: str, shape) -> float:
     return 0.5 if norm == "linf" else 0.5 * math.sqrt(math.prod(shape))
 
 
-def _build(loaded: Loaded, name: str, x, classes: int, batched: bool) -> tuple[Defence, dict]:
+def _surrogate(surrogate, x, batched: bool, found: dict) -> dict:
+    """{'surrogate': wrapped} for a surrogate purifier (SPEC or module; a (classifier, purifier) pair gives its
+    purifier), probed like the defence's."""
+    if surrogate is None:
+        return {}
+    if isinstance(surrogate, str):
+        got = load(surrogate)
+        surrogate = got.purifier
+    sp = BlackBoxPurifier(surrogate, batched=batched, name="surrogate")
+    found["surrogate"] = probe(sp.eval(), x)
+    return {"surrogate": sp}
+
+
+def _build(loaded: Loaded, name: str, x, classes: int, batched: bool, surrogate=None) -> tuple[Defence, dict]:
     pur = BlackBoxPurifier(loaded.purifier, logits=loaded.combined, batched=batched,
                            name="defence (one module)" if loaded.combined else "purifier")
     pur.eval()
@@ -84,17 +100,21 @@ def _build(loaded: Loaded, name: str, x, classes: int, batched: bool) -> tuple[D
     else:
         classifier = loaded.classifier.eval()
         found["classifier"] = probe_classifier(classifier, x, classes)
-    return Defence(name, classifier, pur), found
+    if loaded.combined and surrogate is not None:
+        raise AuditError("a surrogate purifier needs a defence given as (classifier, purifier): the surrogate's "
+                         "images go to the classifier")
+    return Defence(name, classifier, pur, variants=_surrogate(surrogate, x, batched, found)), found
 
 
 def audit(spec: str | None = None, *, modules=None, name: str | None = None, data: str = "digits", n: int = 32,
           eps: float = 0.15, norm: str = "linf", steps: int = 20, n_reevals: int = 8, n_select: int = 4,
           max_eot: int = 32, consistency_draws: int = 8, fd_n: int = 2, escalate: int = 1, large_eps_n: int = 8,
-          large_eps_steps: int = 10, seed: int = 0, batched: bool = False, log=None) -> dict:
+          large_eps_steps: int = 10, seed: int = 0, batched: bool = False, surrogate=None, log=None) -> dict:
     """Audit one defence; returns the report (JSON-ready but for '_x_adv', '_x', '_purifier': the chosen
     candidates, the images, the wrapped purifier).  spec: SPEC (see spec.py),
     or modules=(classifier, purifier) / one module.  batched: run a randomised, batch-independent module on whole
-    batches seeded per call (faster; a draw then depends on the batch composition).  Raises AuditError on a bad SPEC or a defence that fails."""
+    batches seeded per call (faster; a draw then depends on the batch composition).  surrogate: a purifier (SPEC
+    or module) whose gradient a transfer attack follows.  Raises AuditError on a bad SPEC or a defence that fails."""
     log = log or (lambda msg: None)
     t0 = time.perf_counter()
     if (spec is None) == (modules is None):
@@ -108,7 +128,7 @@ def audit(spec: str | None = None, *, modules=None, name: str | None = None, dat
     x, y, data_name = load_data(data, n)
     ids = torch.arange(len(y))
     classes = int(y.max()) + 1
-    defence, found = _build(loaded, name, x, classes, batched)
+    defence, found = _build(loaded, name, x, classes, batched, surrogate)
     pur = defence.purifier
     log(f"{name}: {'randomised' if pur.randomized else 'deterministic'}, "
         f"{'batch-independent' if pur.batch_independent else 'batch-DEPENDENT'}")
