@@ -38,7 +38,7 @@ def test_zoo_entry_gets_its_verdict_at_cli_budgets(entry, tmp_path):
 def test_leaderboard_page_is_written(tmp_path):
     from fastpurify.evaluation.audit.leaderboard import main
 
-    out = tmp_path / "LEADERBOARD.md"
+    out = tmp_path / "page.txt"
     assert main(["--out", str(out), "--n", "4", "--steps", "2", "--sampler-steps", "2", "--n-eval", "2",
                  "--max-eot", "2", "--only", "diffpure"]) == 0
     text = out.read_text()
