@@ -20,6 +20,7 @@ Model weights are frozen in every mode: gradients flow to the input only.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
@@ -55,9 +56,8 @@ class _RecomputedStep(torch.autograd.Function):
     def forward(ctx, body, u, context, leaf):
         ctx.body, ctx.leaf = body, leaf
         ctx.save_for_backward(u)
-        # The recompute must see the same random draws as this pass if the network uses torch's RNG (dropout left
-        # on, stochastic layers): keep the generator state to replay it (as torch.utils.checkpoint does).
-        ctx.rng = _rng_state(u.device)
+        # torch's RNG state, for a network that draws from it (see replay_state); None while a CUDA graph captures.
+        ctx.rng = replay_state(u.device)
         # Forward runs without a graph (autograd.Function forward is no-grad); guidance hooks still take their own
         # local autograd.grad inside, which is why torch's non-reentrant checkpoint cannot be used here.
         return body(u)
@@ -67,9 +67,7 @@ class _RecomputedStep(torch.autograd.Function):
     def backward(ctx, grad):
         (u,) = ctx.saved_tensors
         want_ctx = ctx.leaf is not None and ctx.needs_input_grad[2]
-        devices = [u.device] if u.device.type == "cuda" else []
-        with torch.enable_grad(), torch.random.fork_rng(devices=devices):
-            _set_rng_state(u.device, ctx.rng)
+        with torch.enable_grad(), _replaying(u.device, ctx.rng):
             uu = u.detach().requires_grad_(True)
             out = ctx.body(uu)
             inputs = (uu, ctx.leaf) if want_ctx else (uu,)
@@ -79,15 +77,44 @@ class _RecomputedStep(torch.autograd.Function):
         return None, gu, grads[1] if want_ctx else None, None
 
 
-def _rng_state(device: torch.device):
-    cpu = torch.get_rng_state()
-    return cpu, (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+# ---- torch's RNG state around the recompute
+# Decision: the state is saved and replayed in eager runs only, never while a CUDA graph captures.
+#   - Our own noise needs none of it: every draw is Philox of (seed, step, purpose, round) with the seeds in a tensor,
+#     so the recompute regenerates the same noise from its inputs alone.
+#   - It matters only for a network that draws from torch's generator itself: dropout in train mode (which a
+#     Purifier never allows: InferenceModule keeps every network in eval mode) or a layer that samples in eval mode.
+#     Eager runs keep the replay for those (as torch.utils.checkpoint does): cheap (host-side state, no sync) and exact.
+#   - During capture PyTorch forbids reading or setting the CUDA generator ("Cannot call
+#     CUDAGeneratorImpl::current_seed during CUDA graph capture"), and a replay could not help anyway: a captured
+#     graph advances CUDA's Philox offset on every replay, so forward and recompute would draw different numbers.
+#     So nothing is saved while capturing, and a network that draws from torch's RNG is refused before capture
+#     instead (samplers.graphed.StaticRun compares the generators' states around its eager warm-up runs and raises,
+#     or graphs='auto' falls back to eager).
+def capturing(device: torch.device) -> bool:
+    """True while the current CUDA stream of `device` is being captured into a CUDA graph."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
-def _set_rng_state(device: torch.device, state) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1], device)
+def replay_state(device: torch.device):
+    """torch's RNG state (CPU, and the device's generator on CUDA) for the recompute to replay; None while capturing
+    (nothing to replay: see the decision above)."""
+    if capturing(device):
+        return None
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+@contextmanager
+def _replaying(device: torch.device, state):
+    """Run the recompute with the generators set to `state` and put them back afterwards; nothing when state is None
+    (saved during capture)."""
+    if state is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[device] if state[1] is not None else []):
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], device)
+        yield
 
 
 class StepCheckpoint:

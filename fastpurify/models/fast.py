@@ -6,7 +6,12 @@
 What each option changes (and what it does not):
   - compile:       `torch.compile(dynamic=False, fullgraph=True)` of ε̂ = model(u, τ): static shapes, one graph per
                    (shape, dtype, device, grad mode), no graph breaks (a break raises).  The weights are graph inputs,
-                   not constants, so a compiled denoiser always sees the current weights.  Only the network is
+                   not constants, so a compiled denoiser always sees the current weights.  Module hooks (forward,
+                   forward-pre, backward) on the network stop compilation: a hook would run inside the traced region,
+                   where TorchDynamo recompiles whenever the hook's state changes (a hook that stores features
+                   recompiles every call and fails after RECOMPILE_LIMIT calls) or, when added after the first call,
+                   is silently left out; so every compiled call checks and raises a clear error instead (remove the
+                   hooks, or use compile=False, which runs them as usual).  Only the network is
                    compiled: the fused step op costs < 1 % of a step on the CPU (benchmarks/bench_ops.py) and is captured with the
                    rest of the loop by CUDA graphs (samplers/graphed.py).
   - precision:     'fp32' (default), 'bf16', 'fp16': autocast around the network only, so its convolutions and
@@ -149,6 +154,9 @@ class FastDenoiser:
             self._call = torch.compile(self._call, backend=COMPILE_BACKEND, dynamic=False, fullgraph=True)
         self._seen: set = set()
         self.compile_seconds: dict[str, float] = {}  # signature → first-call seconds (compile + one run)
+        # Checked for hooks on every compiled call: the modules, and their hook dicts (registering a hook fills one).
+        self._modules = list(model.modules()) if options.compile else []
+        self._hook_dicts = [getattr(m, attr) for m in self._modules for attr, _ in _HOOK_KINDS if hasattr(m, attr)]
 
     # ---- what samplers and gradient modes read from a denoiser
     @property
@@ -181,6 +189,12 @@ class FastDenoiser:
         t = torch.full((u.shape[0],), tau, device=u.device, dtype=torch.float32)
         if not self.options.compile:
             return self._call(u, t)
+        hooks = module_hooks(self._modules) if any(self._hook_dicts) or has_global_hooks() else None
+        if hooks:
+            raise RuntimeError(f"compile=True: hooks stop compilation, and the network carries module hooks "
+                               f"({'; '.join(hooks[:4])}): inside the compiled region TorchDynamo would recompile "
+                               f"whenever a hook's state changes (failing after {RECOMPILE_LIMIT} recompiles) or "
+                               "leave out a hook added later; remove them (handle.remove()) or use compile=False")
         key = (tuple(u.shape), str(u.dtype).replace("torch.", ""), u.device.type,
                "grad" if torch.is_grad_enabled() and u.requires_grad else "no_grad")
         with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True), \
@@ -197,6 +211,29 @@ class FastDenoiser:
 
     def describe(self, device: torch.device | None = None) -> dict:
         return describe_speed(self.options, device or next(self.model.parameters()).device, self.compile_seconds)
+
+
+_HOOK_KINDS = (("_forward_hooks", "forward"), ("_forward_pre_hooks", "forward-pre"), ("_backward_hooks", "backward"),
+               ("_backward_pre_hooks", "backward-pre"))
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                 "_global_backward_pre_hooks")
+
+
+def has_global_hooks() -> bool:
+    """Hooks registered for every module (torch.nn.modules.module.register_module_forward_hook and the like)."""
+    from torch.nn.modules import module as nn_module
+
+    return any(getattr(nn_module, name, None) for name in _GLOBAL_HOOKS)
+
+
+def module_hooks(modules) -> list[str]:
+    """'<module class>: <n> <kind> hook(s)' for every module with hooks, and the global module hooks ([] if none)."""
+    from torch.nn.modules import module as nn_module
+
+    found = [f"{type(m).__name__}: {len(getattr(m, attr))} {kind} hook(s)" for m in modules
+             for attr, kind in _HOOK_KINDS if getattr(m, attr, None)]
+    found += [f"torch.nn.modules.module.{name}" for name in _GLOBAL_HOOKS if getattr(nn_module, name, None)]
+    return found
 
 
 def describe_speed(options: SpeedOptions, device: torch.device, compile_seconds: dict | None = None) -> dict:

@@ -9,10 +9,17 @@ The step index of every fused op is a view into a device arange and the noise is
 seeds in the static buffer, so each replay draws fresh noise from the seeds copied in for that call — no host sync
 and nothing re-captured.  Outputs and gradients are cloned out of the static buffers.
 
-Capture needs a CUDA device, no guidance hook (it takes its own autograd step and may branch on values) and no
-VP-SDE adjoint (its reverse loop reads the coefficient table on the host).  `graphs=True` raises where any of these
-fails; `graphs='auto'` falls back to eager and records why; `graphs='static'` runs the same static-buffer path
-without capture on any device (what CPU CI checks bit for bit against eager).
+Capture needs a CUDA device, no guidance hook (it takes its own autograd step and may branch on values), no
+VP-SDE adjoint (its reverse loop reads the coefficient table on the host) and a network that does not draw from
+torch's random generator (checked on the eager warm-up runs: a replayed graph would give the forward pass and the
+'full' recompute different draws).  `graphs=True` raises where any of these fails; `graphs='auto'` falls back to
+eager and records why; `graphs='static'` runs the same static-buffer path without capture on any device (what CPU
+CI checks bit for bit against eager).  CPU tests capture through a test double of torch.cuda.graph
+(tests/capture_double.py) that raises on what capture forbids.
+
+Memory: each captured signature holds a graph memory pool, and a run's closures refer back to the purifier (a
+reference cycle), so a dropped purifier's graphs live until the garbage collector runs.  `GraphPlan.clear()` (or
+`purifier.graphs.clear()`) frees them at once: call it between configurations (benchmarks/gpu_purify.py does).
 """
 
 from __future__ import annotations
@@ -26,6 +33,19 @@ from torch.autograd.function import once_differentiable
 GRAPH_SETTINGS = (False, True, "auto", "static")
 WARMUP = 2  # eager runs on a side stream before capture: compile, autotune, cuBLAS/cuDNN workspaces, lazy inits
 MAX_RUNS = 8  # signatures kept (each holds its own graph memory pool); the oldest is dropped first
+
+
+class CaptureRefused(RuntimeError):
+    """The purification cannot be captured (found on the eager warm-up runs before capture)."""
+
+
+def generator_states(device: torch.device) -> list[torch.Tensor]:
+    """torch's generator states that a network could draw from on `device`: the CPU one, and the device's on CUDA
+    (host-side reads; never call this while capturing)."""
+    states = [torch.get_rng_state()]
+    if device.type == "cuda":
+        states.append(torch.cuda.get_rng_state(device))
+    return states
 
 
 def graph_obstacle(device: torch.device, guidance: bool, grad: str, capture: bool) -> str | None:
@@ -66,11 +86,20 @@ class StaticRun:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for _ in range(WARMUP):
+            for i in range(WARMUP):
+                if i == WARMUP - 1:  # the last warm-up is a steady-state run (compiling and autotuning are done)
+                    before = generator_states(self.x.device)
                 out = self._run()
                 if self.training:
                     torch.autograd.grad(out, self.x, torch.ones_like(out))
         torch.cuda.current_stream().wait_stream(side)
+        # Our noise is Philox of the seeds and never touches torch's generators; a network that does (a layer that
+        # samples, dropout forced on) would draw different numbers in the captured forward and its 'full' recompute.
+        after = generator_states(self.x.device)
+        if any(not torch.equal(a, b) for a, b in zip(before, after)):
+            raise CaptureRefused("the network draws from torch's random generator (a sampling layer, or dropout "
+                                 "forced on): a captured graph cannot replay those draws in the 'full' recompute; "
+                                 "use graphs=False (eager replays them exactly)")
         pool = torch.cuda.graph_pool_handle()
         self.forward_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.forward_graph, pool=pool):
@@ -81,6 +110,14 @@ class StaticRun:
             with torch.cuda.graph(self.backward_graph, pool=pool):
                 # retain_graph: the autograd graph recorded at capture stays alive; replays refill its saved tensors.
                 (self.gx,) = torch.autograd.grad(self.out, self.x, self.gout, retain_graph=True)
+
+    def release(self) -> None:
+        """Drop the graphs, the static buffers and the closure (which refers back to the purifier)."""
+        for name in ("forward_graph", "backward_graph"):
+            graph = self.__dict__.pop(name, None)
+            if graph is not None:
+                graph.reset()
+        self.fn = self.out = self.gout = self.gx = None
 
     def forward(self, x: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
         """Copy x and seeds in, run; returns the static output (clone it)."""
@@ -96,6 +133,8 @@ class StaticRun:
 
     def backward(self, grad: torch.Tensor, generation: int) -> torch.Tensor:
         """∂⟨grad, out⟩/∂x for the forward run `generation`; returns the static gradient (clone it)."""
+        if self.fn is None:
+            raise RuntimeError("graphed purifier: its static runs were freed (graphs.clear()) before this backward")
         if generation != self.generation:
             raise RuntimeError("graphed purifier: another forward call with the same shape overwrote the static "
                                "buffers before this backward; take each gradient before the next call (or use "
@@ -147,6 +186,13 @@ class GraphPlan:
         return {"setting": self.setting, "active": self.enabled, "capture": self.enabled and self.capture,
                 "reason": self.reason, "signatures": len(self.runs)}
 
+    def clear(self) -> None:
+        """Free every static run now (graphs, memory pools, buffers) instead of at the next garbage collection; the
+        next call captures again."""
+        for run in self.runs.values():
+            run.release()
+        self.runs.clear()
+
     def run(self, purify: Callable, x: torch.Tensor, seeds: torch.Tensor, round: int, mode: str) -> torch.Tensor:
         """purify(x, seeds, round, mode) through the static run of this call's signature."""
         training = torch.is_grad_enabled() and x.requires_grad
@@ -168,9 +214,16 @@ class GraphPlan:
                 finally:
                     self.inside = False
 
-            run = self.runs[key] = StaticRun(fn, x.detach(), seeds, training=training, capture=self.capture)
+            try:
+                run = StaticRun(fn, x.detach(), seeds, training=training, capture=self.capture)
+            except CaptureRefused as e:
+                if self.setting != "auto":
+                    raise CaptureRefused(f"graphs={self.setting!r}: {e}") from None
+                self.enabled, self.reason = False, str(e)  # 'auto': eager from now on, and why
+                return self._eager(purify, x, seeds, round, mode)
+            self.runs[key] = run
             if len(self.runs) > MAX_RUNS:
-                self.runs.popitem(last=False)
+                self.runs.popitem(last=False)  # not released: a pending backward may still hold it
         self.runs.move_to_end(key)
         if training:
             return _StaticFunction.apply(x, run, seeds)
