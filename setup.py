@@ -4,7 +4,8 @@
 
 Knobs (environment): FASTPURIFY_NO_EXTENSION=1 → pure-Python install (torch and Triton paths only);
 FASTPURIFY_WITH_CUDA=0/1 → force the CUDA sources off/on (default: on when torch has CUDA and a CUDA toolkit with
-nvcc is found); FASTPURIFY_CUDA_ARCHS (default "80;90"); CUDA_HOME (default: found from nvcc or /usr/local/cuda).
+nvcc is found); FASTPURIFY_CUDA_ARCHS (default "80;90": machine code for each, plus PTX of the newest, so newer
+GPUs run it too); CUDA_HOME (default: found from nvcc or /usr/local/cuda).
 """
 
 import glob
@@ -58,6 +59,9 @@ def extensions():
         archs = os.environ.get("FASTPURIFY_CUDA_ARCHS", "80;90").split(";")
         # No --use_fast_math: the Box–Muller noise must match the reference to an ulp (precise logf/cosf).
         nvcc = ["-O3", "-std=c++20"] + [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+        # Plus PTX of the newest listed arch (compute_90 by default): a newer GPU JIT-compiles it when loading.
+        ptx = max(archs, key=lambda a: int("".join(c for c in a if c.isdigit())))
+        nvcc.append(f"-gencode=arch=compute_{ptx},code=compute_{ptx}")
         # The CUDA build of torch ships CUDA headers (nvidia/cu*/include) its own headers may need.
         torch_cuda_includes = glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu*",
                                                      "include"))

@@ -1,6 +1,10 @@
 """The GPU lane: compiled Triton and the CUDA kernels against the reference on a CUDA device, fp32 and fp16/bf16,
-forward and backward; sync-free stepping; CUDA-graph capture and replay of a step.  Skipped without a GPU
-(benchmarks/gpu_check.py runs it with `-m gpu`)."""
+forward and backward; sync-free stepping; CUDA-graph capture and replay of a step.  Skipped without a GPU.
+benchmarks/gpu_check.py runs it first, `-m gpu -v` with FASTPURIFY_AUTOTUNE=1 and a time limit per test: the
+verification of the kernels rests on this file alone.  The CPU half of the capture checks is
+tests/test_gpu_capture.py (a capture double that raises on what CUDA-graph capture forbids)."""
+
+import os
 
 import pytest
 import torch
@@ -17,10 +21,13 @@ REALISTIC, ODD = (64, 3, 32, 32), (3, 3, 17, 23)
 
 
 def test_gpu_backends_are_available():
-    """On a GPU machine both kernel backends must run: a silent skip of either would hide a broken build."""
-    assert set(BACKENDS) == {"triton", "cuda"}, f"available on cuda: {BACKENDS}"
+    """On a GPU machine both kernel backends must run: a silent skip of either would hide a broken build.
+    FASTPURIFY_GPU_EXPECT (benchmarks/gpu_check.py sets it from its build step, e.g. 'triton' where no nvcc could
+    build the CUDA kernels, which its report then says) narrows the set expected."""
+    expect = set(filter(None, os.environ.get("FASTPURIFY_GPU_EXPECT", "triton,cuda").split(",")))
+    assert set(BACKENDS) >= expect, f"available on cuda: {BACKENDS}, expected {sorted(expect)}"
     for op in ("normal", "philox_bits"):
-        assert set(available_backends_for(op, DEV)) == {"torch", "triton", "cuda"}, op
+        assert set(available_backends_for(op, DEV)) >= {"torch"} | expect, op
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

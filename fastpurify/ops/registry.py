@@ -5,8 +5,10 @@ Selection: the `backend=` argument, then FASTPURIFY_BACKEND (read at call time),
 A forced backend that cannot run raises with every backend's reasons; an automatic choice falls back to torch.
 
 On CUDA the automatic choice is the torch reference until benchmarks/gpu_check.py has passed on that kind of GPU:
-the check calls `mark_gpu_verified`, which adds a record to gpu_verified.json (package data, committed with the
-results), and `cuda_priority` puts the backends a matching record names first.
+the check calls `mark_gpu_verified`, which adds a record to a records file, and `cuda_priority` puts the backends a
+matching record names first.  Records are read from the package's gpu_verified.json (package data, committed with
+the results) and, when FASTPURIFY_GPU_VERIFIED names a file, from that file too; records are written to that file
+when it is set (a read-only install, or a check that keeps everything in its output folder), else to the package's.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ BACKEND_NAMES = ("torch", "cpu", "triton", "cuda")
 # cuda_priority: the compiled backends, in VERIFIED_ORDER, only once verified on the GPU.
 PRIORITY = {"cpu": ("cpu", "torch"), "cuda": ("torch",)}
 VERIFIED_ORDER = ("cuda", "triton")
-VERIFIED_PATH = Path(__file__).with_name("gpu_verified.json")
+VERIFIED_PATH = Path(__file__).with_name("gpu_verified.json")  # the package's records
+VERIFIED_ENV = "FASTPURIFY_GPU_VERIFIED"  # a records file of its own (read beside the package's; written instead)
 NOT_VERIFIED = "cuda/triton kernels not yet verified on a GPU: run benchmarks/gpu_check.py"
 
 
@@ -129,8 +132,18 @@ def verified_priority(gpu: str, capability: tuple[int, int], records: list[dict]
     return first + ("torch",), f"verified on {gpu} (sm {cap}) by benchmarks/gpu_check.py"
 
 
-def load_verified(path: Path | str = VERIFIED_PATH) -> list[dict]:
-    """The records of GPUs on which benchmarks/gpu_check.py passed ([] when none)."""
+def verified_path() -> Path:
+    """Where mark_gpu_verified writes by default: $FASTPURIFY_GPU_VERIFIED when set, else the package's file."""
+    env = os.environ.get(VERIFIED_ENV)
+    return Path(env) if env else VERIFIED_PATH
+
+
+def load_verified(path: Path | str | None = None) -> list[dict]:
+    """The records of GPUs on which benchmarks/gpu_check.py passed ([] when none): those of `path`, or by default
+    the package's file plus $FASTPURIFY_GPU_VERIFIED's (read at call time)."""
+    if path is None:
+        paths = [VERIFIED_PATH] + ([verified_path()] if verified_path() != VERIFIED_PATH else [])
+        return [r for p in paths for r in load_verified(p)]
     p = Path(path)
     return json.loads(p.read_text())["records"] if p.exists() else []
 
@@ -149,11 +162,13 @@ def cuda_priority(device: torch.device | None = None) -> tuple[tuple[str, ...], 
     return _cuda_priority(index)
 
 
-def mark_gpu_verified(backends, *, index: int = 0, commit: str | None = None, path: Path | str = VERIFIED_PATH,
+def mark_gpu_verified(backends, *, index: int = 0, commit: str | None = None, path: Path | str | None = None,
                       gpu: str | None = None, capability: tuple[int, int] | None = None) -> dict:
     """Record that benchmarks/gpu_check.py passed for `backends` (e.g. ('cuda', 'triton')) on CUDA device `index`
     (or on the given gpu name and capability): from then on the automatic choice on that kind of GPU puts them first.
-    Replaces an earlier record of the same GPU, capability and versions.  Returns the record."""
+    Writes `path`, by default verified_path().  Replaces an earlier record of the same GPU, capability and versions
+    in that file.  Returns the record."""
+    path = verified_path() if path is None else path
     unknown = set(backends) - set(VERIFIED_ORDER)
     if unknown or not backends:
         raise ValueError(f"backends must be a non-empty subset of {VERIFIED_ORDER}, got {tuple(backends)}")

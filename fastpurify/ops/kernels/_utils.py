@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 import triton
@@ -11,12 +12,22 @@ import triton.language as tl
 from .._ext import triton_interpret
 
 
+# (BLOCK, num_warps), the usual best first: FASTPURIFY_AUTOTUNE=n keeps the first n.
+ELEMENTWISE_SPACE = ((1024, 4), (2048, 8), (512, 4), (4096, 8))
+
+
 def elementwise_configs() -> list[triton.Config]:
     """Autotune space for the memory-bound kernels.  The interpreter cannot autotune between several configs
-    (and has nothing to measure), so it gets exactly one."""
+    (and has nothing to measure), so it gets exactly one.  FASTPURIFY_AUTOTUNE=n (read when fastpurify is imported)
+    keeps the first n of ELEMENTWISE_SPACE: the GPU test lane sets 1, so each kernel compiles once per
+    specialisation instead of once per config and nothing is benchmarked (results do not depend on the config)."""
     if triton_interpret():
         return [triton.Config({"BLOCK": 1024}, num_warps=4)]
-    return [triton.Config({"BLOCK": b}, num_warps=w) for b, w in ((512, 4), (1024, 4), (2048, 8), (4096, 8))]
+    n = os.environ.get("FASTPURIFY_AUTOTUNE", "").strip()
+    if n and (not n.isdigit() or int(n) < 1):
+        raise ValueError(f"FASTPURIFY_AUTOTUNE must be a number of configs ≥ 1, got {n!r}")
+    space = ELEMENTWISE_SPACE[:int(n)] if n else ELEMENTWISE_SPACE
+    return [triton.Config({"BLOCK": b}, num_warps=w) for b, w in space]
 
 
 def on_device(x: torch.Tensor):
