@@ -207,3 +207,15 @@ def test_a_surrogate_stronger_than_the_exact_gradient_is_flagged():
     assert "pgd-surrogate" in {a["name"] for a in r["attacks"]} and "surrogate" in r["probe"]
     c = checks["pgd-surrogate_not_stronger_than_exact"]
     assert c["passed"] is False and "pgd-surrogate" in r["verdict"]
+
+
+def test_reliable_needs_a_gradient_confirmed_by_finite_differences():
+    from fastpurify.evaluation.audit.verdict import verdict
+
+    robust = {"mean": 0.5, "mean_ci95": [0.3, 0.7]}
+    fd = [{"name": n, "passed": None, "value": None, "threshold": 0, "detail": "not run: float64 failed",
+           "category": "masking", "reason": None}
+          for n in ("gradient_matches_finite_differences", "gradient_matches_finite_differences_f64")]
+    assert verdict(fd, [], robust).startswith("not reliable: gradient_correctness")
+    fd[1] = {**fd[1], "passed": True}
+    assert verdict(fd, [], robust).startswith("reliable")

@@ -11,6 +11,10 @@ FAILING = ("masking", "noise", "convergence")
 
 def verdict(checks: list[dict], caveats: list[str], robust: dict) -> str:
     failed = [c for c in checks if c["passed"] is False and c["category"] in FAILING]
+    fd = [c for c in checks if c["name"].startswith("gradient_matches_finite_differences")]
+    if fd and all(c["passed"] is None for c in fd):  # no gradient was confirmed: nothing backs the exact attacks
+        failed.append({"name": "gradient_correctness", "reason": "no finite-difference check could run ("
+                       + "; ".join(c["detail"] for c in fd) + "): the exact gradient is unverified"})
     acc = (f"robust accuracy {100 * robust['mean']:.1f} % [{100 * robust['mean_ci95'][0]:.1f}, "
            f"{100 * robust['mean_ci95'][1]:.1f}] (mean over report draws, 95 % Wilson)")
     if failed:
