@@ -56,8 +56,10 @@ def _acc(n, k, draws=5):
     return [[1] * draws if b < k else [0] * draws for b in range(n)]
 
 
-AGDM = SimpleNamespace(name="agdm", randomized=True, aux=True, variants={"detach": None}, robust_classifier=False)
-PURIFIER = SimpleNamespace(name="p", randomized=True, aux=None, variants={}, robust_classifier=False)
+AGDM = SimpleNamespace(name="agdm", randomized=True, aux=True, variants={"detach": None}, robust_classifier=False,
+                       forward_noise_known=True)
+PURIFIER = SimpleNamespace(name="p", randomized=True, aux=None, variants={}, robust_classifier=False,
+                           forward_noise_known=True)
 
 
 def test_cascaded_detached_and_adjoint_attacks_are_compared_with_exact_pgd():
