@@ -1,6 +1,6 @@
 """`fastpurify demo`: adversarial purification end to end on the embedded digits models, on the CPU.
 
-The undefended classifier and the same classifier behind DiffPure purification (VP-SDE, t* 0.1; 10 Euler–Maruyama
+The undefended classifier and the same classifier behind DiffPure purification (VP-SDE, t* 0.1; 5 Euler–Maruyama
 steps) go through the evaluation protocol (`fastpurify.evaluation.protocol`): the default attack ensemble —
 PGD-EOT and APGD-EOT (CE, DLR) with exact gradients through every sampler step, a margin-loss restart, BPDA, and
 transfer attacks — the per-sample worst case chosen on selection draws and reported on N fresh purifications (mean
@@ -8,6 +8,13 @@ transfer attacks — the per-sample worst case chosen on selection draws and rep
 check) is rerun with twice the steps (`--escalate`, default 2): the running time is then longer than the minutes
 of a run without escalation — correctness first.  Writes DIR/report.json, DIR/report.md and DIR/grid.png (rows:
 clean / adversarial / purified adversarial).
+
+What the demo attacks, and why: 32 held-out digits and a 5-step sampler.  The protocol is not reduced (exact
+attacks through every step with EOT 4, APGD-CE/DLR, N = 10 report draws, escalation); the time goes almost all into
+exact gradients, whose cost is images × attack steps × EOT × sampler steps, so these two knobs are what keeps a
+2-core run near five minutes.  DiffPure's clean accuracy is the same at 5 and 10 steps on these digits (94.7 % vs
+95.0 % on 64 images), and 32 images give a ±15-point interval — a demo, not a benchmark (`fastpurify compare` and
+sweeps are those).
 """
 
 from __future__ import annotations
@@ -34,8 +41,8 @@ from .tables import attack_coverage_lines, checks_lines, failed_checks, markdown
 ESCALATE = 2
 
 
-def run_demo(out: Path, *, n: int = 64, eps: float = 0.15, steps: int = 20, eot: int = 4, n_eval: int = 10,
-             n_select: int = 5, preset: str = "diffpure", t_star=None, sampler_steps: int | None = 10, seed: int = 0,
+def run_demo(out: Path, *, n: int = 32, eps: float = 0.15, steps: int = 20, eot: int = 4, n_eval: int = 10,
+             n_select: int = 5, preset: str = "diffpure", t_star=None, sampler_steps: int | None = 5, seed: int = 0,
              threads: int | None = None, large_eps_n: int = 16, large_eps_steps: int = 10, escalate: int = ESCALATE,
              log=None) -> dict:
     from .._version import __version__
@@ -118,7 +125,7 @@ def format_table(report: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="fastpurify demo", description=__doc__)
     p.add_argument("--out", type=Path, default=Path("demo-out"))
-    p.add_argument("--n", type=int, default=64, help="held-out images")
+    p.add_argument("--n", type=int, default=32, help="held-out images")
     p.add_argument("--eps", type=float, default=0.15, help="linf radius on the [0, 1] scale")
     p.add_argument("--steps", type=int, default=20, help="PGD iterations of the exact-gradient attacks")
     p.add_argument("--eot", type=int, default=4, help="EOT draws per gradient")
@@ -126,7 +133,7 @@ def main(argv=None) -> int:
     p.add_argument("--n-select", type=int, default=5, help="selection draws per candidate (S)")
     p.add_argument("--preset", default="diffpure")
     p.add_argument("--t-star", type=float, default=None)
-    p.add_argument("--sampler-steps", type=int, default=10, help="sampler steps (0: the preset's native grid)")
+    p.add_argument("--sampler-steps", type=int, default=5, help="sampler steps (0: the preset's native grid)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--escalate", type=int, default=ESCALATE,
