@@ -18,7 +18,7 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -250,12 +250,33 @@ def _plot(out: Path, results: dict, tuning: dict | None) -> bool:
     return True
 
 
-def run_compare(out: Path, *, n: int = 64, eps: float = 0.15, steps: int = 20, eot: int = 4, n_eval: int = 5,
-                methods=METHODS, do_tune: bool = False, tune_n: int = 24, tune_steps: int = 10, tune_eot: int = 1,
-                seed: int = 0, paper_settings: bool = False, escalate: int = 1, log=None) -> dict:
+@dataclass(frozen=True)
+class CompareSettings:
+    """What `compare` runs (`run_compare(out, CompareSettings(...))`, or keywords: `run_compare(out, n=8)`)."""
+
+    n: int = 64                       # held-out digits
+    eps: float = 0.15                 # ℓ∞ radius on the [0, 1] scale
+    steps: int = 20                   # exact attacks' iterations
+    eot: int = 4                      # EOT draws per gradient
+    n_eval: int = 5                   # N report draws
+    methods: tuple = METHODS
+    do_tune: bool = False             # tune on the validation split first
+    tune_n: int = 24                  # ... on this many validation images
+    tune_steps: int = 10              # ... with this attack budget
+    tune_eot: int = 1
+    seed: int = 0
+    paper_settings: bool = False      # the methods' own sampler presets instead of the compare's budget
+    escalate: int = 1                 # reruns of a non-converged exact attack with 2× the steps
+
+
+def run_compare(out: Path, settings: CompareSettings | None = None, *, log=None, **overrides) -> dict:
+    """Run the comparison into `out`; keyword overrides replace fields of `settings` (unknown: TypeError)."""
     from .._version import __version__
     from ..zoo import digits, digits_aux
 
+    c = replace(settings or CompareSettings(), **overrides)
+    n, eps, steps, eot, n_eval, methods, seed = c.n, c.eps, c.steps, c.eot, c.n_eval, tuple(c.methods), c.seed
+    paper_settings = c.paper_settings
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     unknown = set(methods) - set(METHODS)
     if unknown:
@@ -269,10 +290,10 @@ def run_compare(out: Path, *, n: int = 64, eps: float = 0.15, steps: int = 20, e
     t_start = time.time()
     models, aux = digits(), digits_aux()
     cache = out / "cache"
-    cfg = ProtocolConfig(eps=eps, n_reevals=n_eval, seed=seed, escalate=escalate)
+    cfg = ProtocolConfig(eps=eps, n_reevals=n_eval, seed=seed, escalate=c.escalate)
     tuning = None
-    if do_tune:
-        tuning = tune(models, aux, n=tune_n, steps=tune_steps, eot=tune_eot,
+    if c.do_tune:
+        tuning = tune(models, aux, n=c.tune_n, steps=c.tune_steps, eot=c.tune_eot,
                       cfg=replace(cfg, n_reevals=3, large_eps_n=8), cache=cache, log=log,
                       paper=paper_settings)
     chosen = tuning.pop("_chosen") if tuning else {}
@@ -289,6 +310,7 @@ def run_compare(out: Path, *, n: int = 64, eps: float = 0.15, steps: int = 20, e
                                         steps=steps, eot=eot, cfg=cfg, cache=cache, split="test", log=log)
     out.mkdir(parents=True, exist_ok=True)
     report = {"dataset": "sklearn digits 16x16, held-out test split", "n_examples": n, "n_reevals": n_eval,
+              "settings": {**asdict(c), "methods": list(methods)},
               "threat_model": {"norm": "linf", "eps": eps}, "attack_budget": {"steps": steps, "eot": eot},
               "tuning": tuning, "results": list(results.values()), "verdict": verdict(results),
               "failed_checks": failed_checks(list(results.values())), "seed": seed,
@@ -341,9 +363,8 @@ def main(argv=None) -> int:
     p.add_argument("--paper-settings", action="store_true",
                    help="the methods' own sampler presets instead of the compare's budget (3–7x slower)")
     a = p.parse_args(argv)
-    report = run_compare(a.out, n=a.n, eps=a.eps, steps=a.steps, eot=a.eot, n_eval=a.n_eval,
-                         methods=tuple(a.methods.split(",")), do_tune=a.tune, tune_n=a.tune_n,
-                         tune_steps=a.tune_steps, tune_eot=a.tune_eot, seed=a.seed,
-                         paper_settings=a.paper_settings, escalate=a.escalate)
+    given = {**vars(a), "methods": tuple(a.methods.split(",")), "do_tune": a.tune}
+    settings = CompareSettings(**{f.name: given[f.name] for f in fields(CompareSettings)})
+    report = run_compare(a.out, settings)
     print(format_table(report))
     return 0

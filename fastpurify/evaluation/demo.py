@@ -24,6 +24,7 @@ import json
 import platform
 import sys
 import time
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -41,29 +42,53 @@ from .tables import attack_coverage_lines, checks_lines, failed_checks, markdown
 ESCALATE = 2
 
 
-def run_demo(out: Path, *, n: int = 32, eps: float = 0.15, steps: int = 20, eot: int = 4, n_eval: int = 10,
-             n_select: int = 5, preset: str = "diffpure", t_star=None, sampler_steps: int | None = 5, seed: int = 0,
-             threads: int | None = None, large_eps_n: int = 16, large_eps_steps: int = 10, escalate: int = ESCALATE,
-             log=None) -> dict:
-    from .._version import __version__
+@dataclass(frozen=True)
+class DemoSettings:
+    """What the demo runs: the images, the threat model, the exact attacks' budget, the protocol's draws and the
+    purifier (`run_demo(out, DemoSettings(...))`, or keywords: `run_demo(out, n=8)`)."""
+
+    n: int = 32                       # held-out digits
+    eps: float = 0.15                 # ℓ∞ radius on the [0, 1] scale
+    steps: int = 20                   # exact attacks' iterations
+    eot: int = 4                      # EOT draws per gradient
+    n_eval: int = 10                  # N report draws
+    n_select: int = 5                 # S selection draws
+    preset: str = "diffpure"
+    t_star: float | None = None       # None: the preset's
+    sampler_steps: int | None = 5     # None: the preset's native grid
+    seed: int = 0
+    large_eps_n: int = 16
+    large_eps_steps: int = 10
+    escalate: int = ESCALATE
+
+    def protocol(self) -> ProtocolConfig:
+        return ProtocolConfig(eps=self.eps, n_reevals=self.n_eval, n_select=self.n_select, seed=self.seed,
+                              large_eps_n=self.large_eps_n, large_eps_steps=self.large_eps_steps,
+                              escalate=self.escalate)
+
+    def purifier_settings(self) -> dict:
+        return {"preset": self.preset, **({"steps": self.sampler_steps} if self.sampler_steps else {})}
+
+
+def run_demo(out: Path, settings: DemoSettings | None = None, *, threads: int | None = None, log=None,
+             **overrides) -> dict:
+    """Run the demo into `out`; keyword overrides replace fields of `settings` (an unknown one is a TypeError)."""
     from ..zoo import digits
 
+    s = replace(settings or DemoSettings(), **overrides)
     if threads:
         torch.set_num_threads(threads)
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))  # above a running progress bar
     t_start = time.time()
     models = digits()
     x, y = models.test_data()
-    x, y = x[:n], y[:n]
-    ids = torch.arange(n)
-    cfg = ProtocolConfig(eps=eps, n_reevals=n_eval, n_select=n_select, seed=seed, large_eps_n=large_eps_n,
-                         large_eps_steps=large_eps_steps, escalate=escalate)
-    settings = {"preset": preset, "steps": sampler_steps} if sampler_steps else {"preset": preset}
+    x, y, ids = x[:s.n], y[:s.n], torch.arange(s.n)
+    cfg = s.protocol()
     results = []
-    for name in ("none", preset):
+    for name in ("none", s.preset):
         defence = build_defence(name if name == "none" else "diffpure", models.diffusion, models.classifier,
-                                settings=None if name == "none" else settings, t_star=t_star)
-        specs = default_attacks(defence, steps=steps, eot=eot)
+                                settings=None if name == "none" else s.purifier_settings(), t_star=s.t_star)
+        specs = default_attacks(defence, steps=s.steps, eot=s.eot)
         meter = _estimate(defence, x, y, specs, cfg, log) if defence.purifier is not None else None
         try:
             r = evaluate(defence, x, y, ids, specs, cfg, log=log)
@@ -77,24 +102,30 @@ def run_demo(out: Path, *, n: int = 32, eps: float = 0.15, steps: int = 20, eot:
         results.append(r)
     x_adv = results[-1].pop("x_adv")
     results[0].pop("x_adv")
-
     out.mkdir(parents=True, exist_ok=True)
-    k = min(n, 16)
+    k = min(s.n, 16)
     with torch.no_grad():
         shown = defence.purifier(x_adv[:k], seed=torch.arange(k))
     write_png(out / "grid.png", image_grid([x[:k], x_adv[:k], shown], scale=4))
-    report = {
-        "dataset": "sklearn digits 16x16, held-out test split (fastpurify.zoo.digits)", "n_examples": n,
-        "threat_model": {"norm": "linf", "eps": eps, "white_box": "purifier weights, sampler and noise model known "
-                         "to the attacker; fresh noise per call; the defence's own clamps (x̂0 clip, output clamp) "
-                         "are differentiated exactly, the input range check is straight-through"},
-        "results": results, "failed_checks": failed_checks(results), "seconds": round(time.time() - t_start, 1),
-        "versions": {"fastpurify": __version__, "torch": torch.__version__, "python": platform.python_version()},
-        "device": "cpu", "torch_threads": torch.get_num_threads(), "dtype": "float32",
-    }
+    report = _report(s, results, time.time() - t_start)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(format_table(report) + "\n")
     return report
+
+
+def _report(s: DemoSettings, results: list, seconds: float) -> dict:
+    from .._version import __version__
+
+    return {
+        "dataset": "sklearn digits 16x16, held-out test split (fastpurify.zoo.digits)", "n_examples": s.n,
+        "settings": asdict(s),
+        "threat_model": {"norm": "linf", "eps": s.eps, "white_box": "purifier weights, sampler and noise model known "
+                         "to the attacker; fresh noise per call; the defence's own clamps (x̂0 clip, output clamp) "
+                         "are differentiated exactly, the input range check is straight-through"},
+        "results": results, "failed_checks": failed_checks(results), "seconds": round(seconds, 1),
+        "versions": {"fastpurify": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "device": "cpu", "torch_threads": torch.get_num_threads(), "dtype": "float32",
+    }
 
 
 def _estimate(defence, x, y, specs, cfg, log) -> Meter:
@@ -139,9 +170,10 @@ def main(argv=None) -> int:
     p.add_argument("--escalate", type=int, default=ESCALATE,
                    help="rerun an exact attack that has not converged with 2x the steps, at most this often")
     a = p.parse_args(argv)
-    report = run_demo(a.out, n=a.n, eps=a.eps, steps=a.steps, eot=a.eot, n_eval=a.n_eval, n_select=a.n_select,
-                      preset=a.preset, t_star=a.t_star, sampler_steps=a.sampler_steps or None, seed=a.seed,
-                      threads=a.threads, escalate=a.escalate)
+    a.sampler_steps = a.sampler_steps or None
+    given = vars(a)
+    settings = DemoSettings(**{f.name: given[f.name] for f in fields(DemoSettings) if f.name in given})
+    report = run_demo(a.out, settings, threads=a.threads)
     print(format_table(report))
     print(f"wrote {a.out / 'report.json'}, {a.out / 'report.md'} and {a.out / 'grid.png'}")
     return 0
