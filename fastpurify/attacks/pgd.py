@@ -135,6 +135,17 @@ def random_start(x: torch.Tensor, ids: torch.Tensor, cfg: PGDConfig, run_seed: i
     return _project(x, (x + delta).clamp(0, 1), cfg)
 
 
+def _ascent_step(x: torch.Tensor, x_adv: torch.Tensor, grad: torch.Tensor, cfg: PGDConfig) -> torch.Tensor:
+    """One PGD step — along the gradient's sign (ℓ∞, or ℓ2 with l2_step='sign') or its normalised direction —
+    projected back onto the ε-ball around x and [0, 1]."""
+    if cfg.norm == "linf" or cfg.l2_step == "sign":
+        step = cfg.step_size * grad.sign()
+    else:
+        norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
+        step = cfg.step_size * grad / norm
+    return _project(x, (x_adv + step).clamp(0, 1), cfg)
+
+
 def pgd_eot(forward: Forward | None, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, cfg: PGDConfig, *,
             run_seed: int = 0, objective: Objective | None = None, progress: Callable[[int], None] | None = None,
             stats: dict | None = None) -> torch.Tensor:
@@ -180,12 +191,7 @@ def pgd_eot(forward: Forward | None, x: torch.Tensor, y: torch.Tensor, ids: torc
         curve["loss"].append(float(loss.mean()))
         zero_frac, zero_elem_frac = _zero_gradients(grad, acc)
         zero.append(zero_frac), zero_elem.append(zero_elem_frac)
-        if cfg.norm == "linf" or cfg.l2_step == "sign":
-            step = cfg.step_size * grad.sign()
-        else:
-            norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
-            step = cfg.step_size * grad / norm
-        x_adv = _project(x, (x_adv + step).clamp(0, 1), cfg)
+        x_adv = _ascent_step(x, x_adv, grad, cfg)
         if progress is not None:
             progress(k + 1)
     if cfg.best_iterate:  # the last iterate has not been evaluated yet: one more EOT pass, no gradient
