@@ -1,4 +1,5 @@
-"""Minimal PNG writing (grayscale or RGB, 8-bit) with zlib, so reports need no imaging dependency."""
+"""Minimal PNG writing (grayscale or RGB, 8-bit) with zlib, so reports need no imaging dependency; and the one way
+reports reach matplotlib for plots (optional: `pyplot()` is None without it)."""
 
 from __future__ import annotations
 
@@ -37,3 +38,16 @@ def image_grid(rows: list[torch.Tensor], scale: int = 4, pad: int = 1) -> torch.
         for j in range(r.shape[0]):
             grid[:, pad + i * H: pad + i * H + h * scale, pad + j * W: pad + j * W + w * scale] = up[j]
     return grid
+
+
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend, or None when matplotlib is not installed (plots are optional:
+    reports say when they were not drawn)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..attacks.adaptive import default_attacks
+from ..imageio import pyplot
 from ..methods import DIGITS
 from .defences import build_defence
 from .protocol import ProtocolConfig, evaluate
@@ -221,12 +222,8 @@ def _plot_frontier(plt, path: Path, tuning: dict) -> None:
 
 
 def _plot(out: Path, results: dict, tuning: dict | None) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     for name, r in results.items():

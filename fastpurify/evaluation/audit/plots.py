@@ -5,18 +5,8 @@ two disjoint m-draw means, with the model's prediction)."""
 
 from __future__ import annotations
 
+from ...imageio import pyplot
 from ..stats import wilson_ci
-
-
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
 
 
 def accuracy_vs_steps(report: dict) -> dict:
@@ -39,7 +29,7 @@ def accuracy_vs_steps(report: dict) -> dict:
 
 def writers(report: dict) -> tuple[dict, dict]:
     """({file name: writer(path)}, what report.json should say about the figures)."""
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return {}, {"skipped": "matplotlib is not installed (pip install matplotlib); the numbers are in report.json"}
     curves = accuracy_vs_steps(report)

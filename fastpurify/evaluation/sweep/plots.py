@@ -11,19 +11,8 @@ from pathlib import Path
 
 import torch
 
-from ...imageio import image_grid, write_png
+from ...imageio import image_grid, pyplot, write_png
 from .merge import Merged
-
-
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
 
 
 def _save(fig, path: Path, plt) -> None:
@@ -37,7 +26,7 @@ PCT = 100.0  # plots in %, as the report's table
 
 def write_plots(report: dict, dest: Path) -> dict:
     """The figures that the report's data supports; returns {name: file name}."""
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return {}
     results, written = report["results"], {}
@@ -164,7 +153,7 @@ def sample_grids(mg: Merged, dest: Path) -> list[dict]:
 
 
 def _labeled_grid(imgs: dict, g: dict, path: Path) -> str | None:
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return None
     k = imgs["clean"].shape[0]
