@@ -285,7 +285,7 @@ def _shape_for(mib: float, dtype: torch.dtype) -> tuple[int, int, int, int]:
     return max(1, round(mib * 2**20 / per_sample)), 4, 256, 256
 
 
-def main(argv=None) -> int:
+def parse_args(argv) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jsonl", type=Path, required=True, help="rows, one JSON line per case, appended")
     ap.add_argument("--budget", type=float, default=35.0, help="seconds; no case starts after it is spent")
@@ -295,7 +295,11 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--clock-mhz", type=float, default=None, help="SM clock for the noise bound (default: torch's)")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny tensors, providers torch and cpu")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     t_end = time.perf_counter() + args.budget
     device = "cpu" if args.dry_run or not torch.cuda.is_available() else "cuda"
     if args.dry_run:  # tiny tensors on a CPU that may be shared: idle OpenMP workers would stall every op
@@ -313,7 +317,6 @@ def main(argv=None) -> int:
         if hang is not None and emitted[0] >= hang:  # a simulated timeout (gpu_check --simulate-timeout ops)
             _meta.hang("ops", args.jsonl)
 
-    copy = {}
     bound = noise_issue_bound(0, args.clock_mhz) if device == "cuda" else None
     if bound:
         emit(dict(kind="noise_bound", **bound))
@@ -324,53 +327,56 @@ def main(argv=None) -> int:
         nbytes = d["x"].numel() * d["x"].element_size()
         # The roofline of this size: a device-to-device copy (read + write), measured here.
         ts = time_fn(lambda dst=torch.empty_like(d["x"]): dst.copy_(d["x"]), device)
-        copy[name] = 2 * nbytes / statistics.median(ts) / 1e9
+        copy = 2 * nbytes / statistics.median(ts) / 1e9
         emit(dict(kind="copy", dtype=name, shape=list(shape), tensor_mib=nbytes / 2**20, median_s=statistics.median(ts),
-                  gb_per_s=copy[name], reps=len(ts)))
+                  gb_per_s=copy, reps=len(ts)))
         for case in args.cases.split(","):
             if case == "normal" and dtype != torch.float32:
                 continue  # normal draws float32 whatever the dtype: measured in the fp32 pass
             for provider in providers:
-                left = t_end - time.perf_counter()
                 row = dict(kind="op", case=case, provider=provider, dtype=name, shape=list(shape),
                            tensor_mib=nbytes / 2**20, noise=case in NOISY)
-                if left < 1.0:
-                    emit(dict(row, kind="skip", reason=f"budget spent ({left:.1f} s left)"))
-                    continue
-                fn, moved, op = _case(case, provider, d)
-                if provider != "torch":
-                    why = backends_for(op)[provider].why_not(torch.device(device), dtype)
-                    if why:
-                        emit(dict(row, kind="skip", reason=f"{provider}: {why}"))
-                        continue
-                try:
-                    ts = time_fn(fn, device, budget_s=min(0.3, max(left / 4, 0.05)))
-                except Exception as e:  # out of memory, a kernel error: record it, go on
-                    emit(dict(row, kind="error", error=f"{type(e).__name__}: {e}"[:1500]))
-                    if device == "cuda":
-                        torch.cuda.empty_cache()
-                    continue
-                med = statistics.median(ts)
-                gbps = moved / med / 1e9
-                row.update(median_s=med, reps=len(ts), bytes_moved=moved, gb_per_s=gbps,
-                           pct_of_copy=100 * gbps / copy[name], elements_per_s=d["x"].numel() / med)
-                if case in NOISY:
-                    roof = copy[name] * 1e9 / (moved / d["x"].numel())
-                    if bound:
-                        roof = min(roof, bound["elements_per_s"])
-                    row.update(roofline="min(copy, noise issue bound)" if bound else "copy",
-                               pct_of_roofline=100 * row["elements_per_s"] / roof,
-                               pct_of_bound_1100=bound and 100 * row["elements_per_s"] / bound["elements_per_s_1100"])
-                else:
-                    row.update(roofline="copy", pct_of_roofline=row["pct_of_copy"],
-                               target_pct_of_copy=TARGET_PCT_OF_COPY,
-                               meets_target=row["pct_of_copy"] >= TARGET_PCT_OF_COPY)
-                emit(row)
+                emit(measure_case(row, d, device, copy, bound, t_end - time.perf_counter()))
         d = None
         _inputs.cache_clear()
         if device == "cuda":
             torch.cuda.empty_cache()
     return 0
+
+
+def measure_case(row: dict, d: dict, device: str, copy: float, bound: dict | None, left: float) -> dict:
+    """One case × provider: its row (an op timing against the copy / noise roofline, or why it was skipped or
+    failed).  `copy` is this dtype's copy rate in GB/s, `left` the seconds of budget left."""
+    case, provider, dtype = row["case"], row["provider"], DTYPES[row["dtype"]]
+    if left < 1.0:
+        return dict(row, kind="skip", reason=f"budget spent ({left:.1f} s left)")
+    fn, moved, op = _case(case, provider, d)
+    if provider != "torch":
+        why = backends_for(op)[provider].why_not(torch.device(device), dtype)
+        if why:
+            return dict(row, kind="skip", reason=f"{provider}: {why}")
+    try:
+        ts = time_fn(fn, device, budget_s=min(0.3, max(left / 4, 0.05)))
+    except Exception as e:  # out of memory, a kernel error: record it, go on
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        return dict(row, kind="error", error=f"{type(e).__name__}: {e}"[:1500])
+    med = statistics.median(ts)
+    gbps = moved / med / 1e9
+    row.update(median_s=med, reps=len(ts), bytes_moved=moved, gb_per_s=gbps,
+               pct_of_copy=100 * gbps / copy, elements_per_s=d["x"].numel() / med)
+    if case in NOISY:
+        roof = copy * 1e9 / (moved / d["x"].numel())
+        if bound:
+            roof = min(roof, bound["elements_per_s"])
+        row.update(roofline="min(copy, noise issue bound)" if bound else "copy",
+                   pct_of_roofline=100 * row["elements_per_s"] / roof,
+                   pct_of_bound_1100=bound and 100 * row["elements_per_s"] / bound["elements_per_s_1100"])
+    else:
+        row.update(roofline="copy", pct_of_roofline=row["pct_of_copy"],
+                   target_pct_of_copy=TARGET_PCT_OF_COPY,
+                   meets_target=row["pct_of_copy"] >= TARGET_PCT_OF_COPY)
+    return row
 
 
 if __name__ == "__main__":

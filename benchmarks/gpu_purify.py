@@ -201,16 +201,7 @@ def measure(den, preset, steps, batch, mode, config, device, reps, ref, dry):
             pur = Purifier(den, preset, steps=steps, grad="full", backend=backends["op_backend_forced"], **opts)
             if simulate:
                 cap.capture(pur)
-            t0 = time.perf_counter()
-            value, grad = call(pur, mode, x, w)
-            _sync(device)
-            first = time.perf_counter() - t0
-            times = []
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                call(pur, mode, x, w)
-                _sync(device)
-                times.append(time.perf_counter() - t0)
+            value, grad, first, times = _timed_calls(pur, mode, x, w, device, reps)
             graphs = pur.grad_config()["speed"]["graphs"]
             if simulate:
                 graphs = dict(graphs, capture="simulated (capture double)", captures=cap.captures,
@@ -223,11 +214,7 @@ def measure(den, preset, steps, batch, mode, config, device, reps, ref, dry):
         if device.type == "cuda":
             row["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
         if ref is not None:
-            rv, rg = ref
-            if value is not None:
-                row["value_max_abs_diff"] = float((value - rv).abs().max())
-            if grad is not None:
-                row["grad_rel_err"] = float((grad - rg).norm() / rg.norm())
+            _add_accuracy(row, ref, value, grad)
         return row, (value, grad)
     finally:
         if pur is not None:
@@ -236,6 +223,30 @@ def measure(den, preset, steps, batch, mode, config, device, reps, ref, dry):
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _timed_calls(pur, mode, x, w, device, reps):
+    """The first call (its result and time), then `reps` timed calls: (value, grad, first_s, times)."""
+    t0 = time.perf_counter()
+    value, grad = call(pur, mode, x, w)
+    _sync(device)
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        call(pur, mode, x, w)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return value, grad, first, times
+
+
+def _add_accuracy(row: dict, ref, value, grad) -> None:
+    """Differences from the reference row's (value, grad)."""
+    rv, rg = ref
+    if value is not None:
+        row["value_max_abs_diff"] = float((value - rv).abs().max())
+    if grad is not None:
+        row["grad_rel_err"] = float((grad - rg).norm() / rg.norm())
 
 
 def flops_per_step(den, preset, mode, device) -> int:
