@@ -138,3 +138,21 @@ if pytest is not None:
             n = hang_after()
             if n is not None and _OUTCOMES[0] >= n:
                 hang(os.environ.get("FASTPURIFY_TEST_STEP") or "tests", path)
+
+
+def time_call(fn, device: str) -> float:
+    """Seconds for one call of fn: CUDA events around it on a GPU (no host clock, no synchronize per call inside
+    the measured span), the wall clock on the CPU."""
+    if device == "cuda":
+        import torch
+
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+

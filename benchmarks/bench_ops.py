@@ -262,16 +262,7 @@ def time_fn(fn, device: str, budget_s: float = 0.3, min_reps: int = 3, max_reps:
     """Seconds per call: CUDA events around each launch on a GPU (wall clock on the CPU), after one warm-up call;
     as many calls as fit in budget_s (at least min_reps)."""
     def once() -> float:
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / 1e3
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
+        return _meta.time_call(fn, device)
 
     fn()  # warm-up: Triton compiles and autotunes, allocator caches
     _sync(device)

@@ -24,7 +24,7 @@ from fastpurify.models import EpsDiffusion, SmallUNet
 from fastpurify.models import fast
 from fastpurify.samplers.graphed import CaptureRefused
 from tests.capture_double import CaptureDouble, CaptureViolation
-from tests.test_graphed import CASES, _data, _model, _value_and_grad
+from tests.test_graphed import CASES, _data, _model, _value_and_grad, assert_calls_match_eager
 from tests.utils import one_torch_thread  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,14 +134,7 @@ def test_captured_purification_equals_eager_bit_for_bit(case, grad):
         pur = Purifier(m, preset, grad=grad, graphs="static", **kw)
         cap.capture(pur)
         assert pur.grad_config()["speed"]["graphs"]["capture"]
-        for call, seed in enumerate([7, torch.tensor([3, 1, 4]), 11]):
-            x, w = _data(seed=call + 1)
-            v, g = _value_and_grad(pur, x, w, seed)
-            v_ref, g_ref = _value_and_grad(eager, x, w, seed)
-            assert float(g_ref.abs().max()) > 1e-3
-            assert torch.equal(v, v_ref) and torch.equal(g, g_ref), f"call {call}: replay differs from eager"
-            with torch.no_grad():
-                assert torch.equal(pur(x, seed=seed), eager(x, seed=seed))
+        assert_calls_match_eager(pur, eager, "replay")
     assert cap.captures == 3 and cap.replays == 9 and not cap.violations  # train fwd + bwd, no-grad fwd
     if grad == "full":
         assert cap.emulated["torch.cuda.get_rng_state"] > 0 and cap.emulated["torch.cuda.set_rng_state"] > 0

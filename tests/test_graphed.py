@@ -28,6 +28,19 @@ def _data(n=3, seed=1, device="cpu"):
     return torch.rand(n, 1, 8, 8, generator=g).to(device), torch.randn(n, 1, 8, 8, generator=g).to(device)
 
 
+def assert_calls_match_eager(pur, eager, what: str):
+    """Several calls through the same purifier (each refills static buffers with new images and seeds): value,
+    input gradient and a no-grad call equal the eager purifier's bit for bit."""
+    for call, seed in enumerate([7, torch.tensor([3, 1, 4]), 11]):
+        x, w = _data(seed=call + 1)
+        v_ref, g_ref = _value_and_grad(eager, x, w, seed)
+        v, g = _value_and_grad(pur, x, w, seed)
+        assert float(g_ref.abs().max()) > 1e-3
+        assert torch.equal(v, v_ref) and torch.equal(g, g_ref), f"call {call}: {what} differs from eager"
+        with torch.no_grad():
+            assert torch.equal(pur(x, seed=seed), eager(x, seed=seed))
+
+
 def _value_and_grad(pur, x, w, seed):
     xr = x.clone().requires_grad_(True)
     out = pur(xr, seed=seed)
@@ -44,15 +57,7 @@ def test_static_path_equals_eager_bit_for_bit(case, grad):
     m = _model()
     eager = Purifier(m, preset, grad=grad, **kw)
     static = Purifier(m, preset, grad=grad, graphs="static", **kw)
-    # Several calls through the same static run: each refills the buffers with new images and seeds.
-    for call, seed in enumerate([7, torch.tensor([3, 1, 4]), 11]):
-        x, w = _data(seed=call + 1)
-        v_ref, g_ref = _value_and_grad(eager, x, w, seed)
-        v, g = _value_and_grad(static, x, w, seed)
-        assert float(g_ref.abs().max()) > 1e-3
-        assert torch.equal(v, v_ref) and torch.equal(g, g_ref), f"call {call}: static path differs from eager"
-        with torch.no_grad():
-            assert torch.equal(static(x, seed=seed), eager(x, seed=seed))
+    assert_calls_match_eager(static, eager, "static path")
     assert len(static.graphs.runs) == 2  # one training and one value-only signature, reused across calls
 
 

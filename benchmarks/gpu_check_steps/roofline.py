@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import _meta  # benchmarks/ is on sys.path (gpu_check.py puts it there)
@@ -21,17 +20,7 @@ def internal_roofline(out_rows: Path, dry: bool) -> int:
             fn()
         ts = []
         for _ in range(reps):
-            if device == "cuda":
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                fn()
-                b.record()
-                b.synchronize()
-                ts.append(a.elapsed_time(b) / 1e3)
-            else:
-                t0 = time.perf_counter()
-                fn()
-                ts.append(time.perf_counter() - t0)
+            ts.append(_meta.time_call(fn, device))
         return sorted(ts)[len(ts) // 2]
 
     def copy_rate() -> dict:
