@@ -219,3 +219,12 @@ def test_reliable_needs_a_gradient_confirmed_by_finite_differences():
     assert verdict(fd, [], robust).startswith("not reliable: gradient_correctness")
     fd[1] = {**fd[1], "passed": True}
     assert verdict(fd, [], robust).startswith("reliable")
+
+
+def test_bad_settings_are_refused_before_any_work():
+    """AuditSettings refuses a radius, norm or budget that cannot run; an unknown keyword is a TypeError."""
+    for bad in ({"eps": 0.0}, {"eps": float("nan")}, {"norm": "l1"}, {"steps": 0}, {"n_reevals": 0}):
+        with pytest.raises(AuditError, match=next(iter(bad))):
+            audit(f"{ZOO / 'noisy_blur'}.py:build", **{**TINY, **bad})
+    with pytest.raises(TypeError):
+        audit(f"{ZOO / 'noisy_blur'}.py:build", **TINY, n_draws=3)

@@ -3,5 +3,6 @@ plus the black-box diagnostics, and a verdict (docs/AUDIT.md)."""
 
 from .blackbox import AuditError, BlackBoxPurifier
 from .run import audit
+from .settings import AuditSettings
 
-__all__ = ["AuditError", "BlackBoxPurifier", "audit"]
+__all__ = ["AuditError", "AuditSettings", "BlackBoxPurifier", "audit"]

@@ -10,17 +10,18 @@ pipeline with its randomness held fixed; the verdict.
 
 from __future__ import annotations
 
-import math
 import platform
 import time
+from dataclasses import replace
 
 import torch
 from torch import nn
 
 from ...attacks.adaptive import AttackSpec, Defence
-from ..protocol import ProtocolConfig, evaluate
+from ..protocol import evaluate
 from .blackbox import AuditError, BlackBoxPurifier, probe, probe_classifier
 from .diagnostics import float64_gradient_check, gradient_consistency
+from .settings import AuditSettings
 from .spec import Loaded, load
 from .verdict import FAILING, verdict
 
@@ -71,11 +72,6 @@ def attack_list(defence: Defence, *, combined: bool, steps: int, eot: int) -> li
     return attacks
 
 
-def large_eps_for(norm: str, shape) -> float:
-    """ℓ∞ 0.5 lets every pixel reach any value from mid-grey; ℓ2 the same budget spread over every element."""
-    return 0.5 if norm == "linf" else 0.5 * math.sqrt(math.prod(shape))
-
-
 def _surrogate(surrogate, x, batched: bool, found: dict) -> dict:
     """{'surrogate': wrapped} for a surrogate purifier (SPEC or module; a (classifier, purifier) pair gives its
     purifier), probed like the defence's."""
@@ -106,15 +102,17 @@ def _build(loaded: Loaded, name: str, x, classes: int, batched: bool, surrogate=
     return Defence(name, classifier, pur, variants=_surrogate(surrogate, x, batched, found)), found
 
 
-def audit(spec: str | None = None, *, modules=None, name: str | None = None, data: str = "digits", n: int = 32,
-          eps: float = 0.15, norm: str = "linf", steps: int = 20, n_reevals: int = 8, n_select: int = 4,
-          max_eot: int = 32, consistency_draws: int = 8, fd_n: int = 2, escalate: int = 1, large_eps_n: int = 8,
-          large_eps_steps: int = 10, seed: int = 0, batched: bool = False, surrogate=None, log=None) -> dict:
+def audit(spec: str | None = None, settings: AuditSettings | None = None, *, modules=None, name: str | None = None,
+          surrogate=None, log=None, **overrides) -> dict:
     """Audit one defence; returns the report (JSON-ready but for '_x_adv', '_x', '_purifier': the chosen
-    candidates, the images, the wrapped purifier).  spec: SPEC (see spec.py),
-    or modules=(classifier, purifier) / one module.  batched: run a randomised, batch-independent module on whole
-    batches seeded per call (faster; a draw then depends on the batch composition).  surrogate: a purifier (SPEC
-    or module) whose gradient a transfer attack follows.  Raises AuditError on a bad SPEC or a defence that fails."""
+    candidates, the images, the wrapped purifier).  spec: SPEC (see spec.py), or modules=(classifier, purifier) /
+    one module.  settings: AuditSettings; keyword overrides replace its fields (an unknown one is a TypeError).
+    surrogate: a purifier (SPEC or module) whose gradient a transfer attack follows.  Raises AuditError on a bad
+    SPEC, bad settings or a defence that fails."""
+    try:
+        s = replace(settings or AuditSettings(), **overrides)
+    except ValueError as e:
+        raise AuditError(str(e)) from None
     log = log or (lambda msg: None)
     t0 = time.perf_counter()
     if (spec is None) == (modules is None):
@@ -125,31 +123,29 @@ def audit(spec: str | None = None, *, modules=None, name: str | None = None, dat
     else:
         loaded = load(spec)
     name = name or (spec.split(":")[0].rsplit("/", 1)[-1].removesuffix(".py") if spec else "defence")
-    x, y, data_name = load_data(data, n)
+    x, y, data_name = load_data(s.data, s.n)
     ids = torch.arange(len(y))
     classes = int(y.max()) + 1
-    defence, found = _build(loaded, name, x, classes, batched, surrogate)
+    defence, found = _build(loaded, name, x, classes, s.batched, surrogate)
     pur = defence.purifier
     log(f"{name}: {'randomised' if pur.randomized else 'deterministic'}, "
         f"{'batch-independent' if pur.batch_independent else 'batch-DEPENDENT'}")
 
     checks, caveats = [], []
+    k = s.large_eps_n
     if pur.randomized:
-        consistency, c_check = gradient_consistency(defence, x[:large_eps_n], y[:large_eps_n], ids[:large_eps_n],
-                                                    draws=consistency_draws, max_eot=max_eot, seed=seed)
+        consistency, c_check = gradient_consistency(defence, x[:k], y[:k], ids[:k], draws=s.consistency_draws,
+                                                    max_eot=s.max_eot, seed=s.seed)
         checks.append(c_check)
         eot = consistency["eot_used"]
         log(f"{name}: gradient cosine across draws {consistency['mean_pairwise_cos']:.3f} → EOT {eot}")
     else:
         consistency, eot = {"skipped": "deterministic defence: every draw is the same, EOT 1"}, 1
-    draws = n_reevals if pur.randomized else 1
-    cfg = ProtocolConfig(eps=eps, norm=norm, n_reevals=draws, n_select=n_select if pur.randomized else 1,
-                         seed=seed, large_eps=large_eps_for(norm, x.shape[1:]), large_eps_n=large_eps_n,
-                         large_eps_steps=large_eps_steps, escalate=escalate, fd_n=fd_n)
-    attacks = attack_list(defence, combined=loaded.combined, steps=steps, eot=eot)
+    cfg = s.protocol(bool(pur.randomized), x.shape[1:])
+    attacks = attack_list(defence, combined=loaded.combined, steps=s.steps, eot=eot)
     result = evaluate(defence, x, y, ids, attacks, cfg, log=log)
     checks = result["checks"] + checks
-    fd64, fd_check = float64_gradient_check(defence, x, ids, n=fd_n, seed=seed)
+    fd64, fd_check = float64_gradient_check(defence, x, ids, n=s.fd_n, seed=s.seed)
     checks.append(fd_check)
     checks.append({"name": "batch_independent", "passed": pur.batch_independent, "value": pur.batch_independent,
                    "threshold": True, "category": "protocol", "reason": None if pur.batch_independent else
@@ -158,19 +154,19 @@ def audit(spec: str | None = None, *, modules=None, name: str | None = None, dat
                    "detail": "row 0 of two batches sharing it, under one torch seed (deterministic: also alone)"})
     if not pur.batch_independent:
         caveats.append("batch-dependent defence, audited one image at a time")
-    elif batched and pur.randomized:
+    elif s.batched and pur.randomized:
         caveats.append("--batched: draws seeded per batch, so a sample's draws depend on its batch")
     if loaded.combined:
         caveats.append("one module doing both: BPDA and the classifier-alone attack are impossible, so the "
                        "transfer checks and 'undefended → ~0 %' did not run")
     x_adv = result.pop("x_adv")
     report = _report(spec or name, name, data_name, result, checks, caveats, found, consistency, fd64, cfg, eot,
-                     steps, attacks, t0)
+                     s, attacks, t0)
     # not JSON: the chosen candidates, the images and the wrapped purifier (report.write leaves '_' keys out)
     return {**report, "_x_adv": x_adv, "_x": x, "_purifier": pur}
 
 
-def _report(spec, name, data_name, result, checks, caveats, found, consistency, fd64, cfg, eot, steps, attacks, t0):
+def _report(spec, name, data_name, result, checks, caveats, found, consistency, fd64, cfg, eot, s, attacks, t0):
     from ..._version import __version__, code_fingerprint
 
     robust = result["ensemble"]
@@ -183,7 +179,7 @@ def _report(spec, name, data_name, result, checks, caveats, found, consistency, 
         "clean_accuracy": result["clean"]["mean"], "clean": result["clean"],
         "robust_accuracy": robust["mean"], "robust": robust,
         "checks": checks, "caveats": caveats, "probe": found, "gradient_consistency": consistency,
-        "gradient_check_f64": fd64, "eot": eot, "steps": steps, "attacks": [a.as_dict() for a in attacks],
+        "gradient_check_f64": fd64, "eot": eot, "steps": s.steps, "settings": s.as_dict(), "attacks": [a.as_dict() for a in attacks],
         "protocol": result, "seeds": {"run_seed": cfg.seed, "keyed_by": "(run seed, sample id, stream, draw)"},
         "versions": {"fastpurify": __version__, "code": code_fingerprint(), "torch": torch.__version__,
                      "python": platform.python_version()},
