@@ -220,6 +220,19 @@ def test_every_agdm_setting_compare_tunes_over_has_an_exact_attack_gradient(one_
         assert r.ok, (label, r.details["verdict"], r.details["errors"])
 
 
+def test_the_purifier_carries_phi_to_dtype_and_state(tiny):
+    """φ is a submodule of an AGDM purifier: .double() converts it (a float64 AGDM purifier runs, which the audit's
+    float64 finite-difference check needs), and state_dict() holds it.  Before, φ was a plain attribute of the
+    guidance: .double() left it float32 and the purifier raised a dtype error."""
+    model, aux = tiny
+    pur = Purifier(copy.deepcopy(model), "ddpm", t_star=3, guidance=AGDMGuidance(copy.deepcopy(aux), AGDMConfig(
+        scale=50.0, feature_layer="features"))).double()
+    assert all(t.dtype == torch.float64 for t in pur.guidance.aux.parameters())
+    assert any(k.startswith("guidance.aux.") for k in pur.state_dict())
+    out = pur(_x().double(), seed=torch.arange(3))
+    assert out.dtype == torch.float64 and torch.isfinite(out).all()
+
+
 def test_guidance_requires_full_chain_ddpm(tiny):
     model, aux = tiny
     with pytest.raises(ValueError, match="ddpm"):

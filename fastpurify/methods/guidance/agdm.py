@@ -49,12 +49,15 @@ class AGDMConfig:
             raise ValueError(f"guidance_grad must be 'exact' or 'detach', got {self.guidance_grad!r}")
 
 
-class AGDMGuidance:
-    """Binds an auxiliary network φ and settings; `bind(x_in, model)` returns the per-call guidance(u, eps, i)."""
+class AGDMGuidance(torch.nn.Module):
+    """Binds an auxiliary network φ and settings; `bind(x_in, model)` returns the per-call guidance(u, eps, i).
+    A module so that φ is a submodule of the purifier: `.to(device)`, `.double()`, `.eval()` and `state_dict()` of
+    the purifier reach it (a plain attribute was left behind by all four)."""
 
     kind = "agdm"
 
     def __init__(self, aux: torch.nn.Module, config: AGDMConfig | None = None):
+        super().__init__()
         self.cfg = config or AGDMConfig()
         self.cfg.validate()
         self.aux = aux.eval().requires_grad_(False)
