@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..tables import markdown_table
 from .blackbox import AuditError
+from .eps_curve import markdown_lines as eps_curve_lines
 
 
 def _status(c: dict) -> str:
@@ -37,6 +38,8 @@ def markdown(report: dict) -> str:
                    f"(used {gc['eot_used']}, budget {gc['max_eot']})"), "",
                   "| m draws | cosine of two disjoint means (measured) |", "|---|---|"]
         lines += [f"| {m} | {v} |" for m, v in gc["curve_measured"].items()]
+    if "eps_curve" in report:
+        lines += eps_curve_lines(report["eps_curve"])
     p = report["probe"]["purifier"]
     lines += ["", "## probe", "", (f"randomised: {p['randomized']} · batch-independent: {p['batch_independent']} · "
                                    f"output range on the probe {p['output_range']} · input left unmodified")]

@@ -21,6 +21,7 @@ from ...attacks.adaptive import AttackSpec, Defence
 from ..protocol import evaluate
 from .blackbox import AuditError, BlackBoxPurifier, probe, probe_classifier
 from .diagnostics import float64_gradient_check, gradient_consistency
+from .eps_curve import eps_curve
 from .settings import AuditSettings
 from .spec import Loaded, load
 from .verdict import FAILING, verdict
@@ -34,31 +35,39 @@ class _LogitsOf(nn.Module):
 
 
 def load_data(data: str, n: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """'digits' (the embedded held-out split), or 'cifar10:PATH' / 'cifar100:PATH' read as sweeps read them (test
-    split); the first n images."""
+    """'digits' (the embedded held-out split), 'cifar10:PATH' / 'cifar100:PATH' (test split, the first n images) or
+    'imagenet:PATH' (an ImageFolder tree of synset folders, labels = ImageNet-1k class indices, Res256Crop224), read
+    as sweeps read them.  ImageNet takes n ids drawn with the sweeps' seeded subset (data seed 0, sorted): its
+    folder order is class-sorted, so the first n images would be one or two classes."""
+    from ..sweep import data as sd
+    from ..sweep.config import ConfigError, DataConfig
+
     kind, _, path = data.partition(":")
-    if kind == "digits":
-        from ...zoo.embedded import load_split
-
-        x, y = load_split("test")
-        name = "digits 16x16, embedded held-out test split"
-    elif kind in ("cifar10", "cifar100") and path:
-        from ..sweep import data as sd
-
-        ds = (sd.cifar10 if kind == "cifar10" else sd.cifar100)(path, "test")
-        ids = list(range(min(n, ds.size)))
-        x, y, name = ds.images(ids), torch.as_tensor(ds.labels()[ids]), ds.name
-    else:
-        raise AuditError(f"unknown --data {data!r}: expected 'digits', 'cifar10:PATH' or 'cifar100:PATH'")
-    if n < 3 or n > len(y):
-        raise AuditError(f"--n {n}: need 3 ≤ n ≤ {len(y)} images")
-    return x[:n].contiguous(), y[:n].contiguous(), name
+    try:
+        if kind == "digits":
+            ds = sd.DigitsData("test")
+        elif kind in ("cifar10", "cifar100") and path:
+            ds = (sd.cifar10 if kind == "cifar10" else sd.cifar100)(path, "test")
+        elif kind == "imagenet" and path:
+            ds = sd.ImageFolderData(path)
+        else:
+            raise AuditError(f"unknown --data {data!r}: expected 'digits', 'cifar10:PATH', 'cifar100:PATH' or "
+                             "'imagenet:PATH'")
+        if n < 3 or n > ds.size:
+            raise AuditError(f"--n {n}: need 3 ≤ n ≤ {ds.size} images")
+        ids = sd.select_ids(DataConfig(dataset=kind, n=n, subset="seeded" if kind == "imagenet" else "first"), ds)
+        x, y = ds.images(ids), torch.as_tensor(ds.labels()[ids])
+    except (ConfigError, OSError) as e:  # a missing or malformed data folder: one line, like a bad SPEC
+        raise AuditError(f"--data {data}: {e}") from None
+    name = "digits 16x16, embedded held-out test split" if kind == "digits" else f"{ds.name} ({ds.label_rule})"
+    return x.contiguous(), y.contiguous(), name
 
 
 def attack_list(defence: Defence, *, combined: bool, steps: int, eot: int) -> list[AttackSpec]:
     """The protocol's ensemble for a black box: what default_attacks gives a randomised purifier, less what needs
     our sampler (forward-only noise) and, for one module doing both, less BPDA and the classifier alone; plus PGD
-    through the surrogate purifier the user names (a transfer attack: the checks compare it with exact PGD)."""
+    through the surrogate purifier the user names (a transfer attack: the checks compare it with exact PGD); for a
+    randomised one with several draws per step, EM-EOT with the margin loss (an exact reference, as PGD/APGD)."""
     det = 1 if defence.purifier.randomized is False else eot
     attacks = [AttackSpec("pgd-ce", steps=steps, eot=det),
                AttackSpec("apgd-ce", kind="apgd", steps=steps, eot=det),
@@ -69,6 +78,8 @@ def attack_list(defence: Defence, *, combined: bool, steps: int, eot: int) -> li
                     AttackSpec("blind", kind="blind", steps=max(steps, 50), eot=1)]
     if "surrogate" in defence.variants:
         attacks.append(AttackSpec("pgd-surrogate", variant="surrogate", steps=steps, eot=eot))
+    if det > 1:  # randomised, several draws per step to weigh: the weakness they share (attacks/em_eot.py)
+        attacks.append(AttackSpec("em-margin", kind="em", loss="margin", steps=steps, eot=eot))
     return attacks
 
 
@@ -144,6 +155,7 @@ def audit(spec: str | None = None, settings: AuditSettings | None = None, *, mod
     cfg = s.protocol(bool(pur.randomized), x.shape[1:])
     attacks = attack_list(defence, combined=loaded.combined, steps=s.steps, eot=eot)
     result = evaluate(defence, x, y, ids, attacks, cfg, log=log)
+    curve = eps_curve(defence, x, y, ids, result, cfg, s.eps_curve, s.eps_curve_n, log)
     checks = result["checks"] + checks
     fd64, fd_check = float64_gradient_check(defence, x, ids, n=s.fd_n, seed=s.seed)
     checks.append(fd_check)
@@ -162,6 +174,7 @@ def audit(spec: str | None = None, settings: AuditSettings | None = None, *, mod
     x_adv = result.pop("x_adv")
     report = _report(spec or name, name, data_name, result, checks, caveats, found, consistency, fd64, cfg, eot,
                      s, attacks, t0)
+    report["eps_curve"] = curve
     # not JSON: the chosen candidates, the images and the wrapped purifier (report.write leaves '_' keys out)
     return {**report, "_x_adv": x_adv, "_x": x, "_purifier": pur}
 

@@ -11,7 +11,8 @@ from ..protocol import ProtocolConfig
 
 @dataclass(frozen=True)
 class AuditSettings:
-    data: str = "digits"              # digits | cifar10:PATH | cifar100:PATH | imagenet:PATH
+    data: str = "digits"              # digits | cifar10:PATH | cifar100:PATH (first n, test split) |
+                                      # imagenet:PATH (ImageFolder of synset folders, Res256Crop224; n seeded ids)
     n: int = 32                       # images: the first n of the test split
     eps: float = 0.15                 # radius on the [0, 1] scale
     norm: str = "linf"                # linf | l2
@@ -26,18 +27,23 @@ class AuditSettings:
     large_eps_steps: int = 10
     seed: int = 0
     batched: bool = False             # randomised batch-independent module on whole batches, seeded per call
+    eps_curve: tuple[float, ...] = (0.25, 0.5, 2.0)  # radii (multiples of eps) of the ε curve; () = off
+    eps_curve_n: int = 32             # images of the ε curve (the first ones; all of them at the default n)
 
     def __post_init__(self):
         if self.norm not in ("linf", "l2"):
             raise ValueError(f"norm {self.norm!r}: expected 'linf' or 'l2'")
         for field in ("n", "steps", "n_reevals", "n_select", "max_eot", "consistency_draws", "large_eps_n",
-                      "large_eps_steps"):
+                      "large_eps_steps", "eps_curve_n"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} = {getattr(self, field)}: must be ≥ 1")
         if not (self.eps > 0 and math.isfinite(self.eps)):
             raise ValueError(f"eps = {self.eps}: must be a positive finite radius")
         if self.escalate < 0 or self.fd_n < 0:
             raise ValueError("escalate and fd_n must be ≥ 0")
+        object.__setattr__(self, "eps_curve", tuple(sorted(float(m) for m in self.eps_curve)))  # a list is fine too
+        if not all(m > 0 and math.isfinite(m) for m in self.eps_curve):
+            raise ValueError(f"eps_curve = {self.eps_curve}: every multiple of eps must be positive and finite")
 
     def protocol(self, randomized: bool, shape) -> ProtocolConfig:
         """The protocol's configuration: one draw for a deterministic defence (every draw is the same)."""
