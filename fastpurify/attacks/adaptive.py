@@ -9,6 +9,7 @@ implementations; arXiv 2411.16598):
 |----------------|-----------------------------------------------------------------------|------------------|
 | 'pgd'          | loss(f(P(x))) through the purifier in grad mode `grad` (full, adjoint, bpda, …), or through a variant | grad 'full'/'autograd' on P itself |
 | 'apgd'         | as 'pgd', optimised by APGD (attacks/apgd.py: step-size schedule, momentum, restarts) | as 'pgd' |
+| 'em'           | as 'pgd', each step's draws weighted by the posterior that they fail (attacks/em_eot.py) | as 'pgd' |
 | 'per_step'     | the loss summed over intermediate states of P (DiffAttack-style) plus the output | yes |
 | 'joint'        | loss(f(P(x))) + w·min(margin_φ(x), κ): the classifier and the auxiliary decision together | yes |
 | 'forward_only' | loss(f(x + c·z)): the forward diffusion's noise only, reverse process skipped (c = √(1−ᾱ)/(2√ᾱ)) | no (transfer) |
@@ -32,11 +33,12 @@ from torch import nn
 from .. import ops
 from ..ops import FORWARD
 from .apgd import apgd_eot
+from .em_eot import em_eot
 from .losses import get_loss, true_class_margin
 from .pgd import PGDConfig, pgd_eot
 
-KINDS = ("pgd", "apgd", "per_step", "joint", "forward_only", "blind", "aux")
-PIPELINE_KINDS = ("pgd", "apgd")  # white-box attacks on loss(f(P(x))) itself: the masking checks' reference
+KINDS = ("pgd", "apgd", "em", "per_step", "joint", "forward_only", "blind", "aux")
+PIPELINE_KINDS = ("pgd", "apgd", "em")  # white-box attacks on loss(f(P(x))) itself: the masking checks' reference
 
 
 def default_step_size(eps: float) -> float:
@@ -171,12 +173,12 @@ class AttackSpec:
     @property
     def exact(self) -> bool:
         """An exact-gradient white-box attack on the real pipeline (its loss may add terms: 'per_step', 'joint')."""
-        return self.kind in ("pgd", "apgd", "per_step", "joint") and self.grad in ("full", "autograd") and \
+        return self.kind in ("pgd", "apgd", "em", "per_step", "joint") and self.grad in ("full", "autograd") and \
             self.variant is None
 
     @property
     def reference(self) -> bool:
-        """Exact PGD/APGD on loss(f(P(x))) alone: what the masking checks compare every other attack with."""
+        """Exact PGD/APGD/EM on loss(f(P(x))) alone: what the masking checks compare every other attack with."""
         return self.exact and self.kind in PIPELINE_KINDS
 
     @property
@@ -266,10 +268,12 @@ def run_attack(defence: Defence, spec: AttackSpec, x: torch.Tensor, y: torch.Ten
     t0 = time.perf_counter()
     if spec.kind == "apgd":
         x_adv = apgd_eot(objective_for(defence, spec), x, y, ids, cfg, run_seed=seed, progress=progress, stats=stats)
+    elif spec.kind == "em":
+        x_adv = em_eot(objective_for(defence, spec), x, y, ids, cfg, run_seed=seed, progress=progress, stats=stats)
     else:
         x_adv = pgd_eot(None, x, y, ids, cfg, run_seed=seed, objective=objective_for(defence, spec),
                         progress=progress, stats=stats)
-    uses_purifier = spec.kind in ("pgd", "apgd", "per_step", "joint")
+    uses_purifier = spec.kind in ("pgd", "apgd", "em", "per_step", "joint")
     # forward NFE per image: one purification per EOT draw and step (+ the final best-iterate evaluation);
     # 'full' recomputes every step once more in the backward pass.
     draws = cfg.eot * (cfg.steps + (1 if cfg.best_iterate else 0))
