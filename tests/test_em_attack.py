@@ -9,7 +9,7 @@ from torch import nn
 from fastpurify import ops
 from fastpurify.attacks import AttackSpec, Defence, PGDConfig, pgd_eot, reevaluate, run_attack
 from fastpurify.attacks.em_eot import em_eot, failure_log_prob, posterior_weights, weighted_eot_pass
-from fastpurify.attacks.pgd import objective_from
+from fastpurify.attacks.pgd import _draws, objective_from
 from fastpurify.evaluation.audit.run import attack_list
 from fastpurify.ops import FORWARD
 from fastpurify.zoo import digits
@@ -123,8 +123,6 @@ def test_weights_are_the_failure_posterior_and_a_distribution():
     _, _, _, _, weights = weighted_eot_pass(objective_from(d.forward_fn(), "margin"), x, y, ids, 0, 0, cfg,
                                             "posterior")
     torch.testing.assert_close(weights.sum(0), torch.ones(8, dtype=torch.float64))
-    from fastpurify.attacks.pgd import _draws
-
     _, seeds = _draws(x, y, ids, 0, 0, 6, False)
     vulnerable = d.purifier.vulnerable(seeds).view(6, 8)
     assert float(weights[vulnerable].mean()) > 2 * float(weights[~vulnerable].mean())
