@@ -228,3 +228,14 @@ def test_bad_settings_are_refused_before_any_work():
             audit(f"{ZOO / 'noisy_blur'}.py:build", **{**TINY, **bad})
     with pytest.raises(TypeError):
         audit(f"{ZOO / 'noisy_blur'}.py:build", **TINY, n_draws=3)
+
+
+def test_unbounded_attack_breaks_honest_defences_and_flags_zero_gradients():
+    """An attack free to choose any image (ℓ∞ radius 1) reaches ~0 % on the honest defence and fails on the
+    deterministic rounding defence, whose gradient is zero (the protocol's large-ε check runs only for randomised
+    defences, so this is the one that sees a deterministic one)."""
+    honest, rounding = _audit("noisy_blur")[1], _audit("rounding_8bit")[1]
+    assert honest["unbounded_attack_near_zero"]["passed"] is True
+    assert rounding["unbounded_attack_near_zero"]["passed"] is False
+    jpeg = _audit("jpeg")[0]
+    assert jpeg["unbounded"]["eps"] == 1.0 and jpeg["unbounded"]["mean"] > 0.05

@@ -34,12 +34,8 @@ from ..attacks.adaptive import default_attacks
 from ..imageio import image_grid, write_png
 from .defences import build_defence
 from .progress import Meter, calibrate, plan
-from .protocol import ProtocolConfig, evaluate
+from .protocol import ESCALATE, ProtocolConfig, evaluate
 from .tables import attack_coverage_lines, checks_lines, failed_checks, markdown_table
-
-# An exact attack whose paired convergence check fails is rerun with 2× the steps, at most this often (correctness
-# before the demo's running time: an escalation costs minutes).
-ESCALATE = 2
 
 
 @dataclass(frozen=True)

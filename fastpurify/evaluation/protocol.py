@@ -33,6 +33,11 @@ PROTOCOL = ("per-sample worst case over an attack ensemble, chosen on S selectio
             "purifications (evaluate-after-optimizing)")
 
 
+# An exact attack whose paired convergence check fails is rerun with 2× the steps, at most this often by default
+# (the demo and the audit; correctness before running time: an escalation costs minutes on a CPU).
+ESCALATE = 2
+
+
 @dataclass(frozen=True)
 class ProtocolConfig:
     eps: float

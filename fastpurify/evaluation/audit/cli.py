@@ -21,6 +21,7 @@ import torch
 
 from . import plots
 from . import report as report_io
+from ..protocol import ESCALATE
 from .blackbox import AuditError
 from .run import audit
 
@@ -60,6 +61,8 @@ def main(argv=None) -> int:
                    "purifier is used): a transfer attack through it, checked against exact PGD")
     p.add_argument("--eps-curve", default="0.25,0.5,2", help="radii of the robust-accuracy-vs-ε curve as "
                    "multiples of --eps, comma-separated ('' = off); the strongest exact attack is rerun at each")
+    p.add_argument("--escalate", type=int, default=ESCALATE, help="rerun an exact attack whose paired convergence "
+                   "check fails with twice the steps, at most this often")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batched", action="store_true", help="run a randomised batch-independent module on whole "
                    "batches seeded per call (faster; a sample's draws then depend on its batch)")
@@ -72,7 +75,7 @@ def main(argv=None) -> int:
         if a.out.exists() and (not a.out.is_dir() or any(a.out.iterdir())):  # refuse before the work, not after
             raise AuditError(f"--out {a.out} exists and is not an empty folder: choose a new one")
         r = audit(a.spec, data=a.data, n=a.n, eps=a.eps, norm=a.norm, steps=a.steps, n_reevals=a.n_eval,
-                  n_select=a.n_select, max_eot=a.max_eot, seed=a.seed, batched=a.batched, surrogate=a.surrogate,
+                  n_select=a.n_select, max_eot=a.max_eot, seed=a.seed, escalate=a.escalate, batched=a.batched, surrogate=a.surrogate,
                   eps_curve=_multiples(a.eps_curve),
                   log=lambda m: print(m, file=sys.stderr))
         figures, r["plots"] = plots.writers(r)

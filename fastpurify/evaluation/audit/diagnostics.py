@@ -134,3 +134,41 @@ def _double(m):
     import copy
 
     return copy.deepcopy(m).double().eval()
+
+
+def unbounded_eps(norm: str, shape) -> float:
+    """A radius that reaches every image of the [0, 1] box from any point of it: ℓ∞ 1, ℓ2 the box's diameter √d."""
+    return 1.0 if norm == "linf" else math.sqrt(math.prod(shape))
+
+
+def unbounded_check(defence, x, y, ids, records: list[dict], cfg, *, eot: int, log=None) -> tuple[dict | None, dict]:
+    """An exact-gradient CE attack that may choose *any* image (the radius covers the whole box), on the first
+    cfg.large_eps_n samples the defence gets right on some clean report draw, for deterministic and randomised
+    defences alike.  Principle: an attacker free to pick any image can show the classifier an image of another
+    class, which every defence that keeps the classifier's accuracy on real images must then misclassify; an
+    attack that cannot get there is not following a useful gradient (masking).  Threshold: the protocol's ~0 %
+    (cfg.near_zero), on min(N, 2) fresh report draws."""
+    from ...attacks.adaptive import AttackSpec, run_attack
+    from ...attacks.pgd import reevaluate
+
+    name = "unbounded_attack_near_zero"
+    ok = [i for i, r in enumerate(records) if any(r["clean_correct"])][:cfg.large_eps_n]
+    if not ok:
+        return None, _check(name, None, None, cfg.near_zero, "not run: no sample is classified right clean")
+    eps = unbounded_eps(cfg.norm, x.shape[1:])
+    spec = AttackSpec("unbounded-ce", steps=cfg.large_eps_steps, eot=eot if defence.randomized else 1,
+                      random_start=False)
+    sel = torch.tensor(ok)
+    if log:
+        log(f"{defence.name}: unbounded check (eps {eps:g}, {cfg.norm}) on {len(ok)} samples")
+    x_adv, st = run_attack(defence, spec, x[sel], y[sel], ids[sel], eps=eps, norm=cfg.norm, run_seed=cfg.seed)
+    rep = reevaluate(defence.forward_fn(), x_adv, y[sel], ids[sel], min(cfg.n_reevals, 2) if defence.randomized
+                     else 1, run_seed=cfg.seed)
+    result = {"eps": eps, "norm": cfg.norm, "n_examples": len(ok), "attack": spec.as_dict(), "mean": rep["mean"],
+              "worst": rep["worst"], "seconds": st["seconds"],
+              "selected": "clean-correct (right on at least one clean report draw)"}
+    return result, _check(name, rep["mean"] <= cfg.near_zero, rep["mean"], cfg.near_zero,
+                          f"plain CE attack, exact gradients, {spec.steps} steps, EOT {spec.eot}, eps {eps:g} "
+                          f"({cfg.norm}: every image of the box reachable) on {len(ok)} clean-correct samples",
+                          reason="an attack free to choose any image does not break the defence: its gradient "
+                                 "leads nowhere (masking)")

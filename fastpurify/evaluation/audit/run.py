@@ -20,7 +20,7 @@ from torch import nn
 from ...attacks.adaptive import AttackSpec, Defence
 from ..protocol import evaluate
 from .blackbox import AuditError, BlackBoxPurifier, probe, probe_classifier
-from .diagnostics import float64_gradient_check, gradient_consistency
+from .diagnostics import float64_gradient_check, gradient_consistency, unbounded_check
 from .eps_curve import eps_curve
 from .settings import AuditSettings
 from .spec import Loaded, load
@@ -156,7 +156,8 @@ def audit(spec: str | None = None, settings: AuditSettings | None = None, *, mod
     attacks = attack_list(defence, combined=loaded.combined, steps=s.steps, eot=eot)
     result = evaluate(defence, x, y, ids, attacks, cfg, log=log)
     curve = eps_curve(defence, x, y, ids, result, cfg, s.eps_curve, s.eps_curve_n, log)
-    checks = result["checks"] + checks
+    unbounded, u_check = unbounded_check(defence, x, y, ids, result["records"], cfg, eot=eot, log=log)
+    checks = result["checks"] + checks + [u_check]
     fd64, fd_check = float64_gradient_check(defence, x, ids, n=s.fd_n, seed=s.seed)
     checks.append(fd_check)
     checks.append({"name": "batch_independent", "passed": pur.batch_independent, "value": pur.batch_independent,
@@ -174,7 +175,7 @@ def audit(spec: str | None = None, settings: AuditSettings | None = None, *, mod
     x_adv = result.pop("x_adv")
     report = _report(spec or name, name, data_name, result, checks, caveats, found, consistency, fd64, cfg, eot,
                      s, attacks, t0)
-    report["eps_curve"] = curve
+    report["eps_curve"], report["unbounded"] = curve, unbounded
     # not JSON: the chosen candidates, the images and the wrapped purifier (report.write leaves '_' keys out)
     return {**report, "_x_adv": x_adv, "_x": x, "_purifier": pur}
 

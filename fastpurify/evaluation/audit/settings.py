@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from ..protocol import ProtocolConfig
+from ..protocol import ESCALATE, ProtocolConfig
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class AuditSettings:
     max_eot: int = 32                 # most EOT draws per step the audit may spend
     consistency_draws: int = 8        # single-draw gradients per sample for the consistency check
     fd_n: int = 2                     # images in each finite-difference check
-    escalate: int = 1                 # reruns of a non-converged exact attack with twice the steps
+    escalate: int = ESCALATE          # reruns of a non-converged exact attack with twice the steps
     large_eps_n: int = 8              # images in the large-ε and consistency checks
     large_eps_steps: int = 10
     seed: int = 0
