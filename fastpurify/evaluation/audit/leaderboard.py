@@ -10,6 +10,7 @@ defence is: the audit sees what any third party's code would show it.  The CIFAR
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..protocol import ESCALATE
 from .run import audit
 
 
@@ -94,10 +96,16 @@ def main(argv=None) -> int:
     p.add_argument("--sampler-steps", type=int, default=10, help="network calls per purification (0: preset's)")
     p.add_argument("--n-eval", type=int, default=4)
     p.add_argument("--max-eot", type=int, default=8)
+    p.add_argument("--escalate", type=int, default=ESCALATE, help="reruns of a non-converged exact attack")
+    p.add_argument("--reports", type=Path, default=None, help="folder for each method's full report.json")
     p.add_argument("--only", nargs="*", default=None, help="methods to audit (default: all)")
     a = p.parse_args(argv)
+    from ..._version import __version__, code_fingerprint
+
     budget = {"n": a.n, "eps": a.eps, "attack steps": a.steps, "sampler steps": a.sampler_steps or "preset's",
-              "report draws N": a.n_eval, "selection draws S": 2, "max EOT": a.max_eot, "batched": True}
+              "report draws N": a.n_eval, "selection draws S": 2, "max EOT": a.max_eot, "escalations": a.escalate,
+              "batched": True, "eps curve": "off (the page shows the figure at eps)",
+              "code": f"fastpurify {__version__}, source fingerprint {code_fingerprint()}"}
     command = "python -m fastpurify.evaluation.audit.leaderboard " + " ".join(argv if argv is not None else
                                                                               sys.argv[1:])
     names = [n for n in method_names() if not a.only or n in a.only]
@@ -106,8 +114,12 @@ def main(argv=None) -> int:
         print(f"auditing {name} …", file=sys.stderr)
         r = audit(modules=shipped_defence(name, a.sampler_steps or None), name=name, n=a.n, eps=a.eps,
                   steps=a.steps, n_reevals=a.n_eval, n_select=2, max_eot=a.max_eot, batched=True,
+                  escalate=a.escalate, eps_curve=(),
                   log=lambda m: print(m, file=sys.stderr))
         rows.append({k: v for k, v in r.items() if not k.startswith("_")})
+        if a.reports:
+            a.reports.mkdir(parents=True, exist_ok=True)
+            (a.reports / f"{name}.json").write_text(json.dumps(rows[-1], indent=1, default=str) + "\n")
         # the page after every method (atomically), saying which are still to come
         text = page(rows, budget, command.strip(), time.perf_counter() - t0, pending=names[len(rows):])
         tmp = a.out.with_suffix(".tmp")
