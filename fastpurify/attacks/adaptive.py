@@ -39,6 +39,9 @@ from .pgd import PGDConfig, pgd_eot
 
 KINDS = ("pgd", "apgd", "em", "per_step", "joint", "forward_only", "blind", "aux")
 PIPELINE_KINDS = ("pgd", "apgd", "em")  # white-box attacks on loss(f(P(x))) itself: the masking checks' reference
+# Attacks whose loss gradient passes through the purifier (the others attack the classifier or φ alone, or only
+# steer the forward noise): they cost a backward through every sampler step.
+THROUGH_PURIFIER_KINDS = (*PIPELINE_KINDS, "per_step", "joint")
 
 
 def default_step_size(eps: float) -> float:
@@ -173,8 +176,12 @@ class AttackSpec:
     @property
     def exact(self) -> bool:
         """An exact-gradient white-box attack on the real pipeline (its loss may add terms: 'per_step', 'joint')."""
-        return self.kind in ("pgd", "apgd", "em", "per_step", "joint") and self.grad in ("full", "autograd") and \
-            self.variant is None
+        return self.through_purifier and self.grad in ("full", "autograd") and self.variant is None
+
+    @property
+    def through_purifier(self) -> bool:
+        """Its loss gradient passes through the purifier (exactly or not: BPDA and adjoint count too)."""
+        return self.kind in THROUGH_PURIFIER_KINDS
 
     @property
     def reference(self) -> bool:
@@ -273,7 +280,7 @@ def run_attack(defence: Defence, spec: AttackSpec, x: torch.Tensor, y: torch.Ten
     else:
         x_adv = pgd_eot(None, x, y, ids, cfg, run_seed=seed, objective=objective_for(defence, spec),
                         progress=progress, stats=stats)
-    uses_purifier = spec.kind in ("pgd", "apgd", "em", "per_step", "joint")
+    uses_purifier = spec.through_purifier
     # forward NFE per image: one purification per EOT draw and step (+ the final best-iterate evaluation);
     # 'full' recomputes every step once more in the backward pass.
     draws = cfg.eot * (cfg.steps + (1 if cfg.best_iterate else 0))

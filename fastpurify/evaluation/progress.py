@@ -15,9 +15,6 @@ from dataclasses import dataclass
 
 import torch
 
-# Attack kinds whose gradient does not pass through the purifier (the classifier or φ alone, the forward noise).
-_NO_PURIFIER_GRAD = ("blind", "aux", "forward_only")
-
 
 @dataclass(frozen=True)
 class Costs:
@@ -63,7 +60,7 @@ def plan(specs, n: int, cfg) -> Plan:
     for s in specs:
         forward += draws * n
         work = s.steps * s.eot * n
-        if s.kind in _NO_PURIFIER_GRAD:
+        if not s.through_purifier:  # the classifier or φ alone, the forward noise: no purifier backward
             continue
         if s.grad == "bpda":
             forward += work  # the purifier runs forward only; the backward is the identity
