@@ -209,6 +209,21 @@ def test_a_surrogate_stronger_than_the_exact_gradient_is_flagged():
     assert c["passed"] is False and "pgd-surrogate" in r["verdict"]
 
 
+def test_transfer_from_a_named_classifier_is_attacked_and_checked_against_exact():
+    """A transfer source the user names (here the digits classifier itself, as a file SPEC's pair) gets its own
+    attacks; on JPEG (zero gradients) they beat exact PGD and are flagged, on the honest blur they do not."""
+    from fastpurify.zoo import digits
+
+    source = digits().classifier
+    r, checks = _audit("jpeg", transfer_from=source)
+    assert {"transfer-ce", "transfer-margin"} <= {a["name"] for a in r["attacks"]} and "transfer_source" in r["probe"]
+    assert checks["transfer-ce_not_stronger_than_exact"]["passed"] is False and "transfer-" in r["verdict"]
+    r, checks = _audit("noisy_blur", transfer_from=f"{ZOO / 'noisy_blur'}.py:build")
+    assert checks["transfer-ce_not_stronger_than_exact"]["passed"] is not False
+    with pytest.raises(AuditError, match="transfer source"):
+        _audit("noisy_blur", transfer_from=3)
+
+
 def test_reliable_needs_a_gradient_confirmed_by_finite_differences():
     from fastpurify.evaluation.audit.verdict import verdict
 

@@ -59,6 +59,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-eot", type=int, default=32, help="most EOT draws per step the audit may spend")
     p.add_argument("--surrogate", default=None, help="SPEC of a surrogate purifier (one module, or a pair whose "
                    "purifier is used): a transfer attack through it, checked against exact PGD")
+    p.add_argument("--transfer-from", default=None, help="SPEC of a classifier (one module, or a pair whose "
+                   "classifier is used) whose adversarial images are transferred, e.g. the defence's own guidance "
+                   "network: checked against exact PGD")
     p.add_argument("--eps-curve", default="0.25,0.5,2", help="radii of the robust-accuracy-vs-ε curve as "
                    "multiples of --eps, comma-separated ('' = off); the strongest exact attack is rerun at each")
     p.add_argument("--escalate", type=int, default=ESCALATE, help="rerun an exact attack whose paired convergence "
@@ -75,7 +78,8 @@ def main(argv=None) -> int:
         if a.out.exists() and (not a.out.is_dir() or any(a.out.iterdir())):  # refuse before the work, not after
             raise AuditError(f"--out {a.out} exists and is not an empty folder: choose a new one")
         r = audit(a.spec, data=a.data, n=a.n, eps=a.eps, norm=a.norm, steps=a.steps, n_reevals=a.n_eval,
-                  n_select=a.n_select, max_eot=a.max_eot, seed=a.seed, escalate=a.escalate, batched=a.batched, surrogate=a.surrogate,
+                  n_select=a.n_select, max_eot=a.max_eot, seed=a.seed, escalate=a.escalate, batched=a.batched,
+                  surrogate=a.surrogate, transfer_from=a.transfer_from,
                   eps_curve=_multiples(a.eps_curve),
                   log=lambda m: print(m, file=sys.stderr))
         figures, r["plots"] = plots.writers(r)

@@ -42,15 +42,18 @@ def method_names() -> list[str]:
 
 
 def shipped_defence(name: str, sampler_steps: int | None):
-    """(classifier, purifier) of one method of methods.DIGITS on the embedded digits models; sampler_steps
-    respaces unguided samplers only (guidance needs the full DDPM chain)."""
+    """((classifier, purifier), transfer source) of one method of methods.DIGITS on the embedded digits models:
+    the source is the method's own guidance network φ where it has one (AGDM; what anyone auditing it would name
+    with --transfer-from), else None.  sampler_steps respaces unguided samplers only (guidance needs the full DDPM
+    chain)."""
     from ...methods import DIGITS, build_method
     from ...zoo import digits, digits_aux
 
-    m, s = digits(), dict(DIGITS[name])
+    m, s, aux = digits(), dict(DIGITS[name]), digits_aux()
     if sampler_steps and "preset" in s and not any(k in s for k in ("agdm", "gdmp")):
         s["steps"] = sampler_steps
-    return m.classifier, _Plain(build_method(name, m.diffusion, digits_aux(), settings=s))
+    pair = (m.classifier, _Plain(build_method(name, m.diffusion, aux, settings=s)))
+    return pair, (aux if "agdm" in s else None)
 
 
 def _pct(v) -> str:
@@ -112,7 +115,8 @@ def main(argv=None) -> int:
     t0, rows = time.perf_counter(), []
     for name in names:
         print(f"auditing {name} …", file=sys.stderr)
-        r = audit(modules=shipped_defence(name, a.sampler_steps or None), name=name, n=a.n, eps=a.eps,
+        modules, source = shipped_defence(name, a.sampler_steps or None)
+        r = audit(modules=modules, transfer_from=source, name=name, n=a.n, eps=a.eps,
                   steps=a.steps, n_reevals=a.n_eval, n_select=2, max_eot=a.max_eot, batched=True,
                   escalate=a.escalate, eps_curve=(),
                   log=lambda m: print(m, file=sys.stderr))

@@ -66,7 +66,8 @@ def load_data(data: str, n: int) -> tuple[torch.Tensor, torch.Tensor, str]:
 def attack_list(defence: Defence, *, combined: bool, steps: int, eot: int) -> list[AttackSpec]:
     """The protocol's ensemble for a black box: what default_attacks gives a randomised purifier, less what needs
     our sampler (forward-only noise) and, for one module doing both, less BPDA and the classifier alone; plus PGD
-    through the surrogate purifier the user names (a transfer attack: the checks compare it with exact PGD); for a
+    through the surrogate purifier the user names and PGD on the transfer source classifier they name (transfer
+    attacks: the checks compare each with exact PGD, paired); for a
     randomised one with several draws per step, EM-EOT with the margin loss (an exact reference, as PGD/APGD)."""
     det = 1 if defence.purifier.randomized is False else eot
     attacks = [AttackSpec("pgd-ce", steps=steps, eot=det),
@@ -78,6 +79,9 @@ def attack_list(defence: Defence, *, combined: bool, steps: int, eot: int) -> li
                     AttackSpec("blind", kind="blind", steps=max(steps, 50), eot=1)]
     if "surrogate" in defence.variants:
         attacks.append(AttackSpec("pgd-surrogate", variant="surrogate", steps=steps, eot=eot))
+    if defence.aux is not None:  # the source network the user names: its own adversarial images, transferred
+        attacks += [AttackSpec("transfer-ce", kind="aux", steps=max(steps, 50), eot=1),
+                    AttackSpec("transfer-margin", kind="aux", loss="margin", steps=max(steps, 50), eot=1)]
     if det > 1:  # randomised, several draws per step to weigh: the weakness they share (attacks/em_eot.py)
         attacks.append(AttackSpec("em-margin", kind="em", loss="margin", steps=steps, eot=eot))
     return attacks
@@ -96,7 +100,22 @@ def _surrogate(surrogate, x, batched: bool, found: dict) -> dict:
     return {"surrogate": sp}
 
 
-def _build(loaded: Loaded, name: str, x, classes: int, batched: bool, surrogate=None) -> tuple[Defence, dict]:
+def _transfer_source(source, x, classes: int, found: dict):
+    """The classifier a transfer attack is computed on (SPEC or module; a (classifier, purifier) pair gives its
+    classifier), probed like the defence's classifier; None when none is named."""
+    if source is None:
+        return None
+    if isinstance(source, str):
+        got = load(source)
+        source = got.purifier if got.combined else got.classifier
+    if not isinstance(source, nn.Module):
+        raise AuditError(f"transfer source: expected an nn.Module or a SPEC, got {type(source).__name__}")
+    found["transfer_source"] = probe_classifier(source.eval(), x, classes)
+    return source
+
+
+def _build(loaded: Loaded, name: str, x, classes: int, batched: bool, surrogate=None,
+           transfer_from=None) -> tuple[Defence, dict]:
     pur = BlackBoxPurifier(loaded.purifier, logits=loaded.combined, batched=batched,
                            name="defence (one module)" if loaded.combined else "purifier")
     pur.eval()
@@ -110,15 +129,18 @@ def _build(loaded: Loaded, name: str, x, classes: int, batched: bool, surrogate=
     if loaded.combined and surrogate is not None:
         raise AuditError("a surrogate purifier needs a defence given as (classifier, purifier): the surrogate's "
                          "images go to the classifier")
-    return Defence(name, classifier, pur, variants=_surrogate(surrogate, x, batched, found)), found
+    return Defence(name, classifier, pur, variants=_surrogate(surrogate, x, batched, found),
+                   aux=_transfer_source(transfer_from, x, classes, found)), found
 
 
 def audit(spec: str | None = None, settings: AuditSettings | None = None, *, modules=None, name: str | None = None,
-          surrogate=None, log=None, **overrides) -> dict:
+          surrogate=None, transfer_from=None, log=None, **overrides) -> dict:
     """Audit one defence; returns the report (JSON-ready but for '_x_adv', '_x', '_purifier': the chosen
     candidates, the images, the wrapped purifier).  spec: SPEC (see spec.py), or modules=(classifier, purifier) /
     one module.  settings: AuditSettings; keyword overrides replace its fields (an unknown one is a TypeError).
-    surrogate: a purifier (SPEC or module) whose gradient a transfer attack follows.  Raises AuditError on a bad
+    surrogate: a purifier (SPEC or module) whose gradient a transfer attack follows.  transfer_from: a classifier
+    (SPEC or module; e.g. a defence's own guidance network, or another model) whose adversarial images are
+    transferred ('transfer-ce', 'transfer-margin'; checked not stronger than exact).  Raises AuditError on a bad
     SPEC, bad settings or a defence that fails."""
     try:
         s = replace(settings or AuditSettings(), **overrides)
@@ -137,7 +159,7 @@ def audit(spec: str | None = None, settings: AuditSettings | None = None, *, mod
     x, y, data_name = load_data(s.data, s.n)
     ids = torch.arange(len(y))
     classes = int(y.max()) + 1
-    defence, found = _build(loaded, name, x, classes, s.batched, surrogate)
+    defence, found = _build(loaded, name, x, classes, s.batched, surrogate, transfer_from)
     pur = defence.purifier
     log(f"{name}: {'randomised' if pur.randomized else 'deterministic'}, "
         f"{'batch-independent' if pur.batch_independent else 'batch-DEPENDENT'}")
