@@ -104,9 +104,15 @@ CLI_ARGS = ["--n", "6", "--steps", "2", "--n-eval", "2", "--n-select", "1", "--m
 def test_cli_writes_the_eps_plot_table_and_a_labelled_grid(tmp_path):
     out = tmp_path / "out"
     assert audit_main([f"{ZOO / 'noisy_blur'}.py:build", *CLI_ARGS, "--out", str(out)]) == 0
-    for name in ("grid.png", "accuracy_vs_eps.png", "accuracy_vs_steps.png", "gradient_consistency.png"):
+    for name in ("grid.png", "accuracy_vs_eps.png", "accuracy_vs_steps.png", "gradient_consistency.png",
+                 "loss_curves.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     report = json.loads((out / "report.json").read_text())
+    from fastpurify.evaluation.audit.plots import loss_curves
+
+    curves = loss_curves(report)  # every attack that iterates, grouped by its loss, one value per iteration
+    steps = {a["attack"]: a["spec"]["steps"] for a in report["protocol"]["attacks"]}
+    assert {"pgd-ce", "apgd-ce"} <= set(curves["ce"]) and all(len(v) == steps[k] for k, v in curves["ce"].items())
     assert "accuracy_vs_eps.png" in report["plots"]["files"] and report["plots"]["grid"].startswith("labelled")
     assert sorted(p["multiple"] for p in report["eps_curve"]["points"]) == [0.0, 0.5, 1.0, 3.0]
     md = (out / "report.md").read_text()

@@ -1,7 +1,7 @@
 """Audit figures (matplotlib, optional at run time; without it report.json says they were not drawn): robust
 accuracy against attack steps with Wilson intervals (each exact attack at half and full steps, escalated reruns
 included, from the per-sample records on the report draws), robust accuracy against ε (eps_curve.py), the
-gradient-consistency curve (measured cosine of two disjoint m-draw means, with the model's prediction) and the
+loss curves of every attack (stats.loss), the gradient-consistency curve (measured cosine of two disjoint m-draw means, with the model's prediction) and the
 labelled sample grid (without matplotlib the CLI writes it unlabelled)."""
 
 from __future__ import annotations
@@ -90,8 +90,34 @@ def writers(report: dict) -> tuple[dict, dict]:
         files["gradient_consistency.png"] = consistency_fig
     if "points" in report.get("eps_curve", {}):
         files["accuracy_vs_eps.png"] = lambda path: eps_fig(plt, report, path)
-    return files, {"files": sorted(files), "accuracy_vs_steps": curves,
+    if loss_curves(report):
+        files["loss_curves.png"] = lambda path: loss_fig(plt, report, path)
+    return files, {"files": sorted(files), "accuracy_vs_steps": curves, "loss_curves": "see protocol.attacks[].stats.loss",
                    "grid": f"labelled: true label, clean and adversarial prediction on report draw {GRID_DRAW}"}
+
+
+def loss_curves(report: dict) -> dict:
+    """{loss name: {attack: [mean loss per iteration]}} of every attack that recorded one (its own EOT draws, the
+    samples it ran on): a curve still rising at the last step is an attack that has not converged, one that is
+    flat from the start follows no useful gradient."""
+    out = {}
+    for a in report["protocol"]["attacks"]:
+        curve = a.get("stats", {}).get("loss")
+        if curve and "skipped" not in a:
+            out.setdefault(a["spec"]["loss"], {})[a["attack"]] = curve
+    return out
+
+
+def loss_fig(plt, report: dict, path) -> None:
+    """One panel per loss (CE, margin, DLR have their own scales): each attack's mean loss against its iteration."""
+    groups = loss_curves(report)
+    fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.2), squeeze=False)
+    for ax, (loss, curves) in zip(axes[0], sorted(groups.items())):
+        for name, ys in curves.items():
+            ax.plot(range(1, len(ys) + 1), ys, label=name)
+        ax.set(xlabel="attack iteration", ylabel=f"mean {loss} loss (attack's draws)", title=report["defence"])
+        ax.legend(fontsize=6)
+    fig.tight_layout(), fig.savefig(path, dpi=120), plt.close(fig)
 
 
 def eps_fig(plt, report: dict, path) -> None:
