@@ -111,6 +111,31 @@ def test_convergence_is_judged_by_the_paired_interval_of_the_drop():
     assert same["pgd-ce_converged"]["passed"] is True  # no sample moved: the drop is shown small
 
 
+def test_a_cascaded_attack_is_judged_on_the_scale_of_the_reported_figure():
+    """A cascaded attack that ran on 8 of 64 samples (the other 56 at the floor: wrong on every draw, 0 at any
+    length) and lost one draw of one sample with more steps moves the robust accuracy by 0.3 points: converged.
+    Judged within its 8 samples the same drop read 2.5 points with an upper end above 3, and the attack was
+    escalated and failed again and again (the audit of DiffPure: 'pgd-margin@40 on 5 samples: drop 0.300')."""
+    full = [[1] * 5 if b < 8 else [0] * 5 for b in range(64)]
+    half = [list(r) for r in full]
+    half[0][0] = 1
+    full[0][0] = 0
+    d_subset = paired_drop(torch.tensor(half[:8]), torch.tensor(full[:8]))
+    d_all = paired_drop(torch.tensor(half[:8]), torch.tensor(full[:8]), floor=56)
+    assert d_subset["ci95"][1] > 0.03 and d_all["drop"] == pytest.approx(0.2 / 64) and d_all["ci95"][1] <= 0.03
+    assert d_all["n"] == 64 and d_all["floor"] == 56
+    specs = [AttackSpec("pgd-ce"), AttackSpec("pgd-margin", loss="margin", cascade=True)]
+    recs = _records({"pgd-ce": full, "pgd-margin": full}, half={"pgd-ce": full, "pgd-margin": half})
+    for r in recs[8:]:
+        del r["attacks"]["pgd-margin"]  # skipped: at the floor
+    rows = _rows(specs, {"pgd-ce": full, "pgd-margin": full[:8]})
+    checks = {c["name"]: c for c in masking_checks(PURIFIER, specs, rows, {s.name: {"zero_grad_elem_frac_max": 0.0}
+                                                                             for s in specs}, None,
+                                                   ProtocolConfig(eps=0.1), records=recs)}
+    c = checks["pgd-margin_converged"]
+    assert c["passed"] is True and "56 samples at the floor" in c["detail"]
+
+
 def test_a_transfer_attack_a_few_points_stronger_fails_the_paired_check():
     specs = [AttackSpec("pgd-ce"), AttackSpec("bpda", grad="bpda")]
     half, full = _down(64, 18)  # bpda below pgd-ce by 8.4 points, consistently per sample

@@ -109,12 +109,12 @@ def _order(attacks: list[AttackSpec]) -> list[AttackSpec]:
     return [a for a in attacks if not a.cascade] + [a for a in attacks if a.cascade]
 
 
-def _convergence(fwd, half, y, ids, rep_correct, cfg) -> tuple[dict, torch.Tensor, dict]:
+def _convergence(fwd, half, y, ids, rep_correct, cfg, floor: int = 0) -> tuple[dict, torch.Tensor, dict]:
     """The same attack with half the steps on the same report draws: its summary, per-sample predictions and the
-    paired drop (half − full) with its 95 % interval."""
+    paired drop (half − full) with its 95 % interval, over all samples (floor: those a cascaded attack skipped)."""
     N = rep_correct.shape[1]
     preds = torch.tensor(reevaluate(fwd, half, y, ids, N, run_seed=cfg.seed)["preds"])
-    return summarize(preds, y), preds, paired_drop((preds == y[:, None]).int(), rep_correct)
+    return summarize(preds, y), preds, paired_drop((preds == y[:, None]).int(), rep_correct, floor=floor)
 
 
 def evaluate(defence: Defence, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, attacks: list[AttackSpec],
@@ -200,7 +200,8 @@ def _run_one(defence, spec, x, y, ids, cfg, worst, S, N, log, escalations):
     half = st.pop("half_steps_x_adv", None)
     more = None
     if spec.exact and half is not None:  # the same attack with half the steps, on the same report draws
-        st["half_steps"], half_preds, drop = _convergence(fwd, half, ya, ia, (rep_preds == ya[:, None]).int(), cfg)
+        st["half_steps"], half_preds, drop = _convergence(fwd, half, ya, ia, (rep_preds == ya[:, None]).int(), cfg,
+                                                          floor=int(floor.sum()))
         st["half_steps"]["paired_drop"] = drop
         for j, b in enumerate(active.tolist()):
             worst.records[b]["attacks"][spec.name]["half_preds"] = half_preds[j].tolist()

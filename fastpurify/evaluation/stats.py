@@ -47,23 +47,28 @@ PAIRED_MARGIN = 0.03
 BOOTSTRAP = 4000
 
 
-def paired_drop(a: torch.Tensor, b: torch.Tensor, *, n_boot: int = BOOTSTRAP, seed: int = 0) -> dict | None:
+def paired_drop(a: torch.Tensor, b: torch.Tensor, *, floor: int = 0, n_boot: int = BOOTSTRAP,
+                seed: int = 0) -> dict | None:
     """How much lower accuracy b is than a on the same samples and draws: a, b (n, N) correctness (0/1) of two
     candidates per sample and report draw.  Returns the drop mean(a) − mean(b), its 95 % interval from a paired
     bootstrap over samples (a sample keeps its N draws: draws of one image are not independent), and the number
-    of samples down (b less often correct) / up.  Deterministic (fixed generator).  None when n = 0."""
+    of samples down (b less often correct) / up.  floor: samples of the evaluation a cascaded attack skipped (wrong
+    on every draw already, so 0 at both lengths): they join with a drop of 0, which puts the drop on the scale of
+    the robust accuracy over all samples, the figure the report gives.  Deterministic (fixed generator).  None when
+    n = 0."""
     a, b = a.double(), b.double()
     if a.shape != b.shape:
         raise ValueError(f"paired outcomes need the same samples and draws, got {tuple(a.shape)} and {tuple(b.shape)}")
-    n = a.shape[0]
-    if n == 0:
+    if a.shape[0] == 0:
         return None
-    d = (a - b).mean(1)  # per-sample drop
+    d = torch.cat([(a - b).mean(1), torch.zeros(floor, dtype=torch.float64)])  # per-sample drop
+    n = d.shape[0]
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, n, (n_boot, n), generator=g)
     boot = d[idx].mean(1).sort().values
     lo, hi = boot[int(0.025 * (n_boot - 1))], boot[round(0.975 * (n_boot - 1))]
     return {"drop": round(float(d.mean()), 6), "ci95": [round(float(lo), 6), round(float(hi), 6)], "n": n,
+            **({"floor": floor} if floor else {}),
             "draws": a.shape[1], "down": int((d > 0).sum()), "up": int((d < 0).sum()),
             "method": f"paired bootstrap over samples ({n_boot} resamples)"}
 
