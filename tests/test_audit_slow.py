@@ -43,3 +43,21 @@ def test_leaderboard_page_is_written(tmp_path):
                  "--max-eot", "2", "--only", "diffpure"]) == 0
     text = out.read_text()
     assert "| diffpure |" in text and "Verdicts in full" in text and "Cost:" in text
+
+
+def test_leaderboard_page_from_split_runs(tmp_path):
+    """Runs split over processes (one --only each, a shared --reports folder) make one page; different budgets are
+    refused (one protocol per page)."""
+    from fastpurify.evaluation.audit.leaderboard import main
+
+    tiny = ["--n", "4", "--steps", "2", "--sampler-steps", "2", "--n-eval", "2", "--max-eot", "2"]
+    reports, out = tmp_path / "reports", tmp_path / "page.md"
+    assert main(["--out", str(tmp_path / "a.md"), "--reports", str(reports), *tiny, "--only", "diffpure"]) == 0
+    assert main(["--out", str(out), "--from-reports", str(reports)]) == 0
+    text = out.read_text()
+    assert "| diffpure |" in text and "attack steps 2" in text and "Not audited yet" in text
+    other = json.loads((reports / "diffpure.json").read_text())
+    other["defence"], other["settings"]["steps"] = "multiround", 3
+    (reports / "multiround.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="different budgets"):
+        main(["--out", str(out), "--from-reports", str(reports)])

@@ -78,7 +78,8 @@ def page(rows: list[dict], budget: dict, command: str, seconds: float, pending: 
              "is listed only beside its verdict; 'not reliable' rows are upper bounds of unknown slack.", "",
              "## digits 16x16 (embedded models), linf", "", *rows_markdown(rows), "",
              "Budgets: " + ", ".join(f"{k} {v}" for k, v in budget.items()) + ".",
-             (f"Cost: {seconds / 60:.1f} min in all on {platform.machine()} CPU, {torch.get_num_threads()} torch "
+             (f"Cost: {seconds / 60:.1f} min in all on {platform.machine()} CPU, "
+              f"{rows[0]['torch_threads'] if rows else torch.get_num_threads()} torch "
               f"threads, {os.cpu_count()} cores shared with other work (the 'seconds' column is each row's)."), "",
              *([f"Not audited yet (the run was still going when this page was written): {', '.join(pending)}.",
                 "" ] if pending else []),
@@ -102,16 +103,20 @@ def main(argv=None) -> int:
     p.add_argument("--escalate", type=int, default=ESCALATE, help="reruns of a non-converged exact attack")
     p.add_argument("--reports", type=Path, default=None, help="folder for each method's full report.json")
     p.add_argument("--only", nargs="*", default=None, help="methods to audit (default: all)")
+    p.add_argument("--from-reports", type=Path, default=None, help="write the page from a --reports folder (runs "
+                   "split over processes, one --only each) instead of auditing")
     a = p.parse_args(argv)
-    from ..._version import __version__, code_fingerprint
-
-    budget = {"n": a.n, "eps": a.eps, "attack steps": a.steps, "sampler steps": a.sampler_steps or "preset's",
-              "report draws N": a.n_eval, "selection draws S": 2, "max EOT": a.max_eot, "escalations": a.escalate,
-              "batched": True, "eps curve": "off (the page shows the figure at eps)",
-              "code": f"fastpurify {__version__}, source fingerprint {code_fingerprint()}"}
     command = "python -m fastpurify.evaluation.audit.leaderboard " + " ".join(argv if argv is not None else
                                                                               sys.argv[1:])
     names = [n for n in method_names() if not a.only or n in a.only]
+    if a.from_reports:
+        rows = [json.loads((a.from_reports / f"{n}.json").read_text()) for n in names
+                if (a.from_reports / f"{n}.json").exists()]
+        text = page(rows, budget_of(rows), command.strip(), sum(r["seconds"] for r in rows),
+                    pending=[n for n in names if n not in {r["defence"] for r in rows}])
+        _write(a.out, text)
+        print(text)
+        return 0
     t0, rows = time.perf_counter(), []
     for name in names:
         print(f"auditing {name} …", file=sys.stderr)
@@ -121,16 +126,34 @@ def main(argv=None) -> int:
                   escalate=a.escalate, eps_curve=(),
                   log=lambda m: print(m, file=sys.stderr))
         rows.append({k: v for k, v in r.items() if not k.startswith("_")})
+        rows[-1]["sampler_steps"] = a.sampler_steps or "preset's"
         if a.reports:
             a.reports.mkdir(parents=True, exist_ok=True)
             (a.reports / f"{name}.json").write_text(json.dumps(rows[-1], indent=1, default=str) + "\n")
         # the page after every method (atomically), saying which are still to come
-        text = page(rows, budget, command.strip(), time.perf_counter() - t0, pending=names[len(rows):])
-        tmp = a.out.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, a.out)
+        text = page(rows, budget_of(rows), command.strip(), time.perf_counter() - t0, pending=names[len(rows):])
+        _write(a.out, text)
     print(text)
     return 0
+
+
+def budget_of(rows: list[dict]) -> dict:
+    """The budgets the rows ran under, from their own reports (refused if they differ: one protocol per page)."""
+    keys = ("n", "eps", "steps", "n_reevals", "n_select", "max_eot", "escalate", "batched")
+    got = {tuple(r["settings"][k] for k in keys) + (r.get("sampler_steps"), r["versions"]["code"]) for r in rows}
+    if len(got) > 1:
+        raise SystemExit(f"the reports ran under different budgets or code: {sorted(got, key=str)}")
+    s, r = rows[0]["settings"], rows[0]
+    return {"n": s["n"], "eps": s["eps"], "attack steps": s["steps"], "sampler steps": r.get("sampler_steps"),
+            "report draws N": s["n_reevals"], "selection draws S": s["n_select"], "max EOT": s["max_eot"],
+            "escalations": s["escalate"], "batched": s["batched"], "eps curve": "off (the page shows the figure at eps)",
+            "code": f"fastpurify {r['versions']['fastpurify']}, source fingerprint {r['versions']['code']}"}
+
+
+def _write(out: Path, text: str) -> None:
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, out)
 
 
 if __name__ == "__main__":
