@@ -51,8 +51,8 @@ def test_leaderboard_page_from_split_runs(tmp_path):
     from fastpurify.evaluation.audit.leaderboard import main
 
     tiny = ["--n", "4", "--steps", "2", "--sampler-steps", "2", "--n-eval", "2", "--max-eot", "2"]
-    reports, out = tmp_path / "reports", tmp_path / "page.md"
-    assert main(["--out", str(tmp_path / "a.md"), "--reports", str(reports), *tiny, "--only", "diffpure"]) == 0
+    reports, out = tmp_path / "reports", tmp_path / "page.txt"
+    assert main(["--out", str(tmp_path / "a.txt"), "--reports", str(reports), *tiny, "--only", "diffpure"]) == 0
     assert main(["--out", str(out), "--from-reports", str(reports)]) == 0
     text = out.read_text()
     assert "| diffpure |" in text and "attack steps 2" in text and "Not audited yet" in text
