@@ -136,6 +136,24 @@ def test_a_cascaded_attack_is_judged_on_the_scale_of_the_reported_figure():
     assert c["passed"] is True and "56 samples at the floor" in c["detail"]
 
 
+def test_a_cascaded_restart_is_no_reference_for_the_stronger_checks():
+    """Attacks on φ alone at 30 % against exact PGD at 80 %: flagged, even though the cascaded margin restart (an
+    exact attack too) ran only on the samples φ's attacks left standing and agrees with them there.  With the
+    restart as a reference the check passed (the audit's AGDM row read 'reliable' with φ 40 points below PGD)."""
+    specs = [AttackSpec("pgd-ce"), AttackSpec("aux-ce", kind="aux"),
+             AttackSpec("pgd-margin", loss="margin", cascade=True)]
+    out = {"pgd-ce": _acc(20, 16), "aux-ce": _acc(20, 6), "pgd-margin": _acc(20, 6)}
+    recs = _records(out)
+    for r in recs[6:]:
+        del r["attacks"]["pgd-margin"]  # at the floor after aux-ce: skipped by the restart
+    rows = _rows(specs, out)
+    checks = {c["name"]: c for c in masking_checks(AGDM, specs, rows, {s.name: {"zero_grad_elem_frac_max": 0.0}
+                                                                        for s in specs}, None,
+                                                   ProtocolConfig(eps=0.1), records=recs)}
+    c = checks["aux-ce_not_stronger_than_exact"]
+    assert c["passed"] is False and c["detail"].startswith("pgd-ce accuracy") and "auxiliary" in c["reason"]
+
+
 def test_a_transfer_attack_a_few_points_stronger_fails_the_paired_check():
     specs = [AttackSpec("pgd-ce"), AttackSpec("bpda", grad="bpda")]
     half, full = _down(64, 18)  # bpda below pgd-ce by 8.4 points, consistently per sample

@@ -163,8 +163,10 @@ def _convergence_checks(names, specs, ran, records, cfg) -> list[dict]:
 def _stronger_checks(defence, specs, ran, records, cfg) -> list[dict]:
     """No other attack may beat exact PGD/APGD on the pipeline itself (the reference: not 'joint', whose loss adds
     the auxiliary network's): the paired drop (reference − attack) must stay within the margin against at least one
-    reference.  Cascaded and component attacks included."""
-    refs = [n for n in ran if specs[n].reference]
+    reference.  Cascaded and component attacks included.  A cascaded exact attack is no reference: it ran only on
+    the samples every earlier attack (the one judged included) left standing, where the two agree by construction,
+    so 'at least one reference' would pass through it whatever the judged attack did elsewhere."""
+    refs = [n for n in ran if specs[n].reference and not specs[n].cascade]
     out = []
     for name in ran:
         if name in refs:
