@@ -152,6 +152,7 @@ def test_a_cascaded_restart_is_no_reference_for_the_stronger_checks():
                                                    ProtocolConfig(eps=0.1), records=recs)}
     c = checks["aux-ce_not_stronger_than_exact"]
     assert c["passed"] is False and c["detail"].startswith("pgd-ce accuracy") and "auxiliary" in c["reason"]
+    assert "pgd-margin_not_stronger_than_exact" not in checks  # exact itself: neither reference nor judged
 
 
 def test_a_transfer_attack_a_few_points_stronger_fails_the_paired_check():

@@ -165,11 +165,12 @@ def _stronger_checks(defence, specs, ran, records, cfg) -> list[dict]:
     the auxiliary network's): the paired drop (reference − attack) must stay within the margin against at least one
     reference.  Cascaded and component attacks included.  A cascaded exact attack is no reference: it ran only on
     the samples every earlier attack (the one judged included) left standing, where the two agree by construction,
-    so 'at least one reference' would pass through it whatever the judged attack did elsewhere."""
+    so 'at least one reference' would pass through it whatever the judged attack did elsewhere.  Nor is it judged:
+    exact on the pipeline with another loss, beating exact PGD-CE is no sign of masking."""
     refs = [n for n in ran if specs[n].reference and not specs[n].cascade]
     out = []
     for name in ran:
-        if name in refs:
+        if specs[name].reference:  # exact on the pipeline itself (a restart with another loss too): no masking sign
             continue
         mine = _outcomes(records, name)
         pairs = [(r, _paired(_outcomes(records, r), mine)) for r in refs]
