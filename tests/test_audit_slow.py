@@ -1,7 +1,7 @@
-"""Full audits (slow lane: `pytest -m slow tests/test_audit_slow.py`): every zoo entry through the CLI at its default
-budgets gives its expected verdict; honest DiffPure shows no masking or noise failure (its 'reliable' also needs
-converged exact attacks, which 20 steps on 32 images need not give: the paired convergence rule allows 3 points);
-the leaderboard page is written."""
+"""Full audits (slow lane: `pytest -m slow tests/test_audit_slow.py`): every zoo entry through the CLI gives its
+expected verdict; honest DiffPure is audited at a budget where its exact attacks converge (16 images, 40 steps,
+escalated up to 160: PGD-CE still falls 4-6 points from 20 to 40 and from 40 to 80 steps on the digits, so the
+CLI's default 20 steps ends 'not converged', which is right); the leaderboard page is written."""
 
 import json
 from pathlib import Path
@@ -23,13 +23,10 @@ REASON = {"rounding_8bit": "zero_gradient_elements", "straight_through": "gradie
 
 @pytest.mark.parametrize("entry", sorted(EXPECTED))
 def test_zoo_entry_gets_its_verdict_at_cli_budgets(entry, tmp_path):
-    extra = ["--batched"] if entry == "diffpure" else []
+    extra = ["--batched", "--n", "16", "--steps", "40", "--eps-curve", ""] if entry == "diffpure" else []
     assert audit_main([f"{ZOO / entry}.py:build", "--out", str(tmp_path / "out"), *extra]) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    if entry == "diffpure":  # no masking or noise failure; 'reliable' also needs the exact attacks converged
-        failed = [c for c in report["checks"] if c["passed"] is False]
-        assert all(c["category"] == "convergence" for c in failed), report["verdict"]
-    elif EXPECTED[entry] == "reliable":
+    if EXPECTED[entry] == "reliable":
         assert report["verdict"].startswith("reliable"), report["verdict"]
     else:
         assert report["verdict"].startswith("not reliable") and REASON[entry] in report["verdict"]
