@@ -224,6 +224,20 @@ def test_transfer_from_a_named_classifier_is_attacked_and_checked_against_exact(
         _audit("noisy_blur", transfer_from=3)
 
 
+def test_a_broken_defence_is_reliably_broken_whatever_failed():
+    """0 % robust: a failed convergence check can only mean more steps would lower the figure; it cannot go lower.
+    A masking failure still reads 'not reliable' (a defect whatever the number)."""
+    from fastpurify.evaluation.audit.verdict import verdict
+
+    failed = [{"name": "pgd-ce_converged", "passed": False, "category": "convergence", "reason": "not converged",
+               "detail": ""}]
+    assert verdict(failed, [], {"mean": 0.0, "mean_ci95": [0.0, 0.19]}).startswith("reliable: the defence is broken")
+    assert verdict(failed, [], {"mean": 0.01, "mean_ci95": [0.0, 0.2]}).startswith("not reliable: pgd-ce_converged")
+    masked = failed + [{"name": "zero_gradient_elements", "passed": False, "category": "masking", "reason": "zero",
+                        "detail": ""}]
+    assert verdict(masked, [], {"mean": 0.0, "mean_ci95": [0.0, 0.19]}).startswith("not reliable")
+
+
 def test_reliable_needs_a_gradient_confirmed_by_finite_differences():
     from fastpurify.evaluation.audit.verdict import verdict
 

@@ -24,7 +24,7 @@ from .diagnostics import float64_gradient_check, gradient_consistency, unbounded
 from .eps_curve import eps_curve
 from .settings import AuditSettings
 from .spec import Loaded, load
-from .verdict import FAILING, verdict
+from .verdict import verdict
 
 
 class _LogitsOf(nn.Module):
@@ -207,8 +207,7 @@ def _report(spec, name, data_name, result, checks, caveats, found, consistency, 
 
     robust = result["ensemble"]
     return {
-        "verdict": verdict(checks, caveats, robust),
-        "reliable": not any(c["passed"] is False and c["category"] in FAILING for c in checks),
+        "verdict": (said := verdict(checks, caveats, robust)), "reliable": said.startswith("reliable"),
         "defence": name, "spec": spec, "dataset": data_name, "n_examples": result["n_examples"],
         "threat_model": {"norm": cfg.norm, "eps": cfg.eps, "white_box": "autograd through the user's modules; "
                          "randomness from torch's generators, seeded per image and draw"},

@@ -1,5 +1,7 @@
-"""The verdict: "reliable …" only when every check that ran passed and the exact attacks converged; otherwise
-"not reliable: <reasons>".  Never a robust accuracy without it."""
+"""The verdict: "reliable …" only when every check that ran passed and the exact attacks converged, or when the
+robust accuracy is already 0 % and only convergence failed (more steps can only lower a figure that cannot go
+lower; a masking or noise failure still makes it "not reliable": a defect to report whatever the number);
+otherwise "not reliable: <reasons>".  Never a robust accuracy without it."""
 
 from __future__ import annotations
 
@@ -17,11 +19,18 @@ def verdict(checks: list[dict], caveats: list[str], robust: dict) -> str:
                        + "; ".join(c["detail"] for c in fd) + "): the exact gradient is unverified"})
     acc = (f"robust accuracy {100 * robust['mean']:.1f} % [{100 * robust['mean_ci95'][0]:.1f}, "
            f"{100 * robust['mean_ci95'][1]:.1f}] (mean over report draws, 95 % Wilson)")
-    if failed:
+    if robust["mean"] == 0.0 and all(c.get("category") == "convergence" for c in failed):
+        # nothing left to lower: more steps cannot make the figure smaller than it is (masking still fails loudly)
+        text = (f"reliable: the defence is broken — {acc}: every sample wrong on every report draw, which more "
+                "steps cannot lower")
+        notes = [f"not converged, for the record: {', '.join(c['name'] for c in failed)}"] if failed else []
+    elif failed:
         reasons = "; ".join(f"{c['name']}: {c['reason']}" for c in failed)
         return f"not reliable: {reasons} — {acc} is only an upper bound of unknown slack"
-    text = f"reliable: no sign of gradient masking, exact attacks converged — {acc} is an upper bound from them"
+    else:
+        text = f"reliable: no sign of gradient masking, exact attacks converged — {acc} is an upper bound from them"
+        notes = []
     # a convergence check answered by its escalated rerun is superseded, not missing
     not_run = [c["name"] for c in checks if c["passed"] is None and "(rerun as" not in c["detail"]]
-    notes = list(caveats) + ([f"not run or superseded: {', '.join(not_run)}"] if not_run else [])
+    notes += list(caveats) + ([f"not run or superseded: {', '.join(not_run)}"] if not_run else [])
     return text + (f" (caveats: {'; '.join(notes)})" if notes else "")
