@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-from .pgd import Objective, PGDConfig, _eot_pass, _project, _zero_gradients, random_start
+from .pgd import Best, Objective, PGDConfig, _eot_pass, _project, _zero_gradients, random_start
 
 ALPHA, RHO = 0.75, 0.75
 
@@ -50,22 +50,6 @@ def _ascent(grad: torch.Tensor, norm: str) -> torch.Tensor:
     return grad / _view(grad.flatten(1).norm(dim=1).clamp_min(1e-12), grad)
 
 
-class _Best:
-    """The returned candidate per sample: lowest EOT accuracy, then lowest margin (as pgd_eot)."""
-
-    def __init__(self, x):
-        self.x, self.acc, self.margin = x.clone(), None, None
-        self.curve = []
-
-    def offer(self, x_k, acc, margin):
-        better = torch.ones_like(acc, dtype=torch.bool) if self.acc is None else \
-            (acc < self.acc) | ((acc == self.acc) & (margin < self.margin))
-        self.x = torch.where(_view(better, x_k), x_k, self.x)
-        self.acc = acc if self.acc is None else torch.where(better, acc, self.acc)
-        self.margin = margin if self.margin is None else torch.where(better, margin, self.margin)
-        self.curve.append(float(self.acc.mean()))
-
-
 def apgd_eot(objective: Objective, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, cfg: PGDConfig, *,
              run_seed: int = 0, progress: Callable[[int], None] | None = None, stats: dict | None = None
              ) -> torch.Tensor:
@@ -78,7 +62,7 @@ def apgd_eot(objective: Objective, x: torch.Tensor, y: torch.Tensor, ids: torch.
     x = x.detach()
     x_k = random_start(x, ids, cfg, run_seed) if cfg.random_start else x.clone()
     eta = torch.full((x.shape[0],), 2.0 * cfg.eps, dtype=x.dtype, device=x.device)
-    best = _Best(x_k)
+    best = Best(x_k)
     ckpts, last_w = checkpoints(cfg.steps), 0
     curve_loss, curve_acc, zero, zero_elem = [], [], [], []
     x_prev = x_k

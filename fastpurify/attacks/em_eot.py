@@ -28,9 +28,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .apgd import _Best
 from .losses import true_class_margin
-from .pgd import Objective, PGDConfig, _ascent_step, _draws, _zero_gradients, random_start
+from .pgd import Objective, PGDConfig, _draws, ascend
 
 
 def failure_log_prob(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -100,33 +99,13 @@ def em_eot(objective: Objective, x: torch.Tensor, y: torch.Tensor, ids: torch.Te
         raise ValueError(f"unknown weighting {weighting!r}; expected one of {', '.join(WEIGHTINGS)}")
     if cfg.fixed_noise:
         raise ValueError("EM-EOT weighs fresh draws against each other; fixed_noise is for pgd_eot")
-    x = x.detach()
-    x_adv = random_start(x, ids, cfg, run_seed) if cfg.random_start else x.clone()
-    best, half = _Best(x_adv), None
-    curve_loss, curve_acc, effective, zero, zero_elem = [], [], [], [], []
-    for k in range(cfg.steps):
-        grad, loss, acc, margin, w = weighted_eot_pass(objective, x_adv, y, ids, run_seed, k, cfg, weighting)
-        best.offer(x_adv, acc, margin)
-        if k == cfg.steps // 2:  # what a run with half the steps returns (same seeds: a prefix of this run)
-            half = best.x.clone()
-        curve_loss.append(float(loss.mean())), curve_acc.append(float(acc.mean()))
-        effective.append(float((1.0 / (w * w).sum(0)).mean()))
-        zero_frac, zero_elem_frac = _zero_gradients(grad, acc)
-        zero.append(zero_frac), zero_elem.append(zero_elem_frac)
-        x_adv = _ascent_step(x, x_adv, grad, cfg)
-        if progress is not None:
-            progress(k + 1)
-    if cfg.best_iterate:  # the last iterate has not been evaluated yet: one more EOT pass, no gradient
-        _, _, acc, margin, _ = weighted_eot_pass(objective, x_adv, y, ids, run_seed, cfg.steps, cfg, weighting,
-                                                 with_grad=False)
-        best.offer(x_adv, acc, margin)
-        curve_acc.append(float(acc.mean()))
-        x_adv = best.x
+
+    def step_pass(x_k, k, with_grad):
+        grad, loss, acc, margin, w = weighted_eot_pass(objective, x_k, y, ids, run_seed, k, cfg, weighting,
+                                                       with_grad=with_grad)
+        return grad, loss, acc, margin, float((1.0 / (w * w).sum(0)).mean())
+
+    x_adv, curves, effective = ascend(step_pass, x, ids, cfg, run_seed, progress)
     if stats is not None:
-        if cfg.best_iterate and half is not None:
-            stats["half_steps_x_adv"] = half.detach()
-        stats.update(loss=curve_loss, acc=curve_acc, best_acc=best.curve, effective_draws=effective,
-                     zero_grad_frac=zero[0] if zero else 0.0, zero_grad_frac_max=max(zero, default=0.0),
-                     zero_grad_elem_frac=zero_elem[0] if zero_elem else 0.0,
-                     zero_grad_elem_frac_max=max(zero_elem, default=0.0))
-    return x_adv.detach()
+        stats.update(curves, effective_draws=effective)
+    return x_adv

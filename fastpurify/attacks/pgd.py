@@ -163,49 +163,68 @@ def pgd_eot(forward: Forward | None, x: torch.Tensor, y: torch.Tensor, ids: torc
         if forward is None:
             raise ValueError("pgd_eot needs a forward or an objective")
         objective = objective_from(forward, cfg.loss)
+
+    def step_pass(x_k, k, with_grad):
+        return (*_eot_pass(objective, x_k, y, ids, run_seed, k, cfg.eot, cfg.eot_chunk, cfg.fixed_noise, with_grad),
+                None)
+
+    x_adv, curves, _ = ascend(step_pass, x, ids, cfg, run_seed, progress)
+    if stats is not None:
+        stats.update(curves)
+    return x_adv
+
+
+class Best:
+    """The returned candidate per sample: lowest EOT accuracy, then lowest true-class margin; `curve` is the mean
+    accuracy of the best so far after every offer."""
+
+    def __init__(self, x):
+        self.x, self.acc, self.margin = x.clone(), None, None
+        self.curve = []
+
+    def offer(self, x_k, acc, margin):
+        better = torch.ones_like(acc, dtype=torch.bool) if self.acc is None else \
+            (acc < self.acc) | ((acc == self.acc) & (margin < self.margin))
+        self.x = torch.where(better.view(-1, *[1] * (x_k.dim() - 1)), x_k, self.x)
+        self.acc = acc if self.acc is None else torch.where(better, acc, self.acc)
+        self.margin = margin if self.margin is None else torch.where(better, margin, self.margin)
+        self.curve.append(float(self.acc.mean()))
+
+
+def ascend(step_pass, x: torch.Tensor, ids: torch.Tensor, cfg: PGDConfig, run_seed: int,
+           progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, dict, list]:
+    """The projected-ascent loop of pgd_eot and em_eot, which differ only in how a step's EOT draws are combined.
+    step_pass(x_k, k, with_grad) → (grad, loss, acc, margin, extra) per sample for step k's draws.  Returns x_adv
+    (the best iterate, or the last with best_iterate=False), the stats pgd_eot documents and the per-step extras."""
     x = x.detach()
     x_adv = random_start(x, ids, cfg, run_seed) if cfg.random_start else x.clone()
-    best, best_acc, best_margin = x_adv.clone(), None, None
-    half = None
-    curve = {"loss": [], "acc": [], "best_acc": []}
-    zero, zero_elem = [], []
-
-    def track(x_k, acc, margin):
-        nonlocal best, best_acc, best_margin
-        if best_acc is None:
-            better = torch.ones_like(acc, dtype=torch.bool)
-        else:
-            better = (acc < best_acc) | ((acc == best_acc) & (margin < best_margin))
-        best = torch.where(better.view(-1, *[1] * (x.dim() - 1)), x_k, best)
-        best_acc = acc if best_acc is None else torch.where(better, acc, best_acc)
-        best_margin = margin if best_margin is None else torch.where(better, margin, best_margin)
-        curve["acc"].append(float(acc.mean()))
-        curve["best_acc"].append(float(best_acc.mean()))
-
+    best, half = Best(x_adv), None
+    loss_curve, acc_curve, zero, zero_elem, extras = [], [], [], [], []
     for k in range(cfg.steps):
-        grad, loss, acc, margin = _eot_pass(objective, x_adv, y, ids, run_seed, k, cfg.eot, cfg.eot_chunk,
-                                            cfg.fixed_noise, True)
-        track(x_adv, acc, margin)
+        grad, loss, acc, margin, extra = step_pass(x_adv, k, True)
+        best.offer(x_adv, acc, margin)
+        acc_curve.append(float(acc.mean()))
         if k == cfg.steps // 2:  # what a run with half the steps returns (same seeds: a prefix of this run)
-            half = best.clone()
-        curve["loss"].append(float(loss.mean()))
+            half = best.x.clone()
+        loss_curve.append(float(loss.mean()))
+        extras.append(extra)
         zero_frac, zero_elem_frac = _zero_gradients(grad, acc)
         zero.append(zero_frac), zero_elem.append(zero_elem_frac)
         x_adv = _ascent_step(x, x_adv, grad, cfg)
         if progress is not None:
             progress(k + 1)
     if cfg.best_iterate:  # the last iterate has not been evaluated yet: one more EOT pass, no gradient
-        _, _, acc, margin = _eot_pass(objective, x_adv, y, ids, run_seed, cfg.steps, cfg.eot, cfg.eot_chunk,
-                                      cfg.fixed_noise, False)
-        track(x_adv, acc, margin)
-        x_adv = best
-    if stats is not None:
-        if cfg.best_iterate and half is not None:
-            stats["half_steps_x_adv"] = half.detach()
-        stats.update(curve, zero_grad_frac=zero[0] if zero else 0.0, zero_grad_frac_max=max(zero, default=0.0),
-                     zero_grad_elem_frac=zero_elem[0] if zero_elem else 0.0,
-                     zero_grad_elem_frac_max=max(zero_elem, default=0.0))
-    return x_adv.detach()
+        _, _, acc, margin, _ = step_pass(x_adv, cfg.steps, False)
+        best.offer(x_adv, acc, margin)
+        acc_curve.append(float(acc.mean()))
+        x_adv = best.x
+    stats = {"loss": loss_curve, "acc": acc_curve, "best_acc": best.curve,
+             "zero_grad_frac": zero[0] if zero else 0.0, "zero_grad_frac_max": max(zero, default=0.0),
+             "zero_grad_elem_frac": zero_elem[0] if zero_elem else 0.0,
+             "zero_grad_elem_frac_max": max(zero_elem, default=0.0)}
+    if cfg.best_iterate and half is not None:
+        stats["half_steps_x_adv"] = half.detach()
+    return x_adv.detach(), stats, extras
 
 
 def _zero_gradients(grad: torch.Tensor, acc: torch.Tensor) -> tuple[float, float]:
