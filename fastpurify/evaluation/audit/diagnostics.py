@@ -11,7 +11,8 @@ import zlib
 import torch
 import torch.nn.functional as F
 
-from ...attacks.pgd import attack_seeds, fixed_noise_seeds
+from ...attacks.adaptive import AttackSpec, run_attack
+from ...attacks.pgd import attack_seeds, fixed_noise_seeds, reevaluate
 from ...ops import streams
 from ..gradcheck import finite_difference_check
 
@@ -148,9 +149,6 @@ def unbounded_check(defence, x, y, ids, records: list[dict], cfg, *, eot: int, l
     class, which every defence that keeps the classifier's accuracy on real images must then misclassify; an
     attack that cannot get there is not following a useful gradient (masking).  Threshold: the protocol's ~0 %
     (cfg.near_zero), on min(N, 2) fresh report draws."""
-    from ...attacks.adaptive import AttackSpec, run_attack
-    from ...attacks.pgd import reevaluate
-
     name = "unbounded_attack_near_zero"
     ok = [i for i, r in enumerate(records) if any(r["clean_correct"])][:cfg.large_eps_n]
     if not ok:
